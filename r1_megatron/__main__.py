@@ -1,0 +1,5 @@
+import sys
+
+from r1_megatron.cli import main
+
+sys.exit(main())

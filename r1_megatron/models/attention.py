@@ -1,0 +1,85 @@
+"""Core attention (softmax(QKᵀ·scale)V) for Megatron layer specs, chosen by what is installed.
+
+TransformerEngine's fused attention when TE is importable; otherwise `SDPAttention`, a drop-in for Megatron's
+DotProductAttention built on torch.nn.functional.scaled_dot_product_attention (which itself dispatches to
+FlashAttention-2 / memory-efficient kernels on GPU), with flash-attn's own kernel used for bf16/fp16 causal
+attention on CUDA when the flash-attn package is installed and the head dims allow it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+
+
+@functools.cache
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+class SDPAttention(MegatronModule):
+    """Megatron core-attention interface on torch SDPA; accepts MLA's k_channels/v_channels (v_dim ≠ qk_dim).
+
+    forward(query [sq, b, np, d], key [sk, b, ng, d], value [sk, b, ng, dv], attention_mask) -> [sq, b, np·dv].
+    attention_mask follows Megatron (True = masked out); None means causal, aligned to the last query
+    (so a decode step with sq=1 over sk cached keys attends to all of them).
+    """
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                 softmax_scale=None, k_channels=None, v_channels=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("context parallelism needs TransformerEngine attention (pip install r1_megatron[gpu])")
+        self.attn_mask_type = attn_mask_type
+        head_dim = k_channels or config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("SDPAttention supports neither packed sequences nor attention bias; install "
+                             "TransformerEngine for them")
+        sq, b, n_heads, _ = query.shape
+        q_BNSD, k_BGSD, v_BGSD = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        dropout_p = self.dropout_p if self.training else 0.0
+        mask_type = attn_mask_type or self.attn_mask_type
+        if self._can_use_flash_attn(query, key, value, attention_mask, dropout_p):
+            from flash_attn import flash_attn_func
+
+            out_BSND = flash_attn_func(query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1),
+                                       softmax_scale=self.softmax_scale, causal=True)
+            return out_BSND.transpose(0, 1).reshape(sq, b, -1)
+        mask = self._sdpa_mask(attention_mask, mask_type, sq, key.shape[0], query.device)
+        out_BNSD = F.scaled_dot_product_attention(
+            q_BNSD, k_BGSD, v_BGSD, attn_mask=mask, dropout_p=dropout_p, scale=self.softmax_scale,
+            enable_gqa=k_BGSD.shape[1] != n_heads)
+        return out_BNSD.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+    @staticmethod
+    def _sdpa_mask(attention_mask, mask_type, sq: int, sk: int, device):
+        """Boolean SDPA mask (True = attend) from Megatron's (True = masked) or a bottom-right causal one."""
+        if attention_mask is not None:
+            return ~attention_mask
+        if mask_type == AttnMaskType.no_mask:
+            return None
+        return torch.ones(sq, sk, dtype=torch.bool, device=device).tril(diagonal=sk - sq)
+
+    @staticmethod
+    def _can_use_flash_attn(query, key, value, attention_mask, dropout_p) -> bool:
+        return (query.is_cuda and attention_mask is None and dropout_p == 0.0 and installed("flash_attn")
+                and query.dtype in (torch.float16, torch.bfloat16)
+                and query.shape[0] == key.shape[0] and query.shape[-1] == value.shape[-1])
+
+
+def core_attention_module() -> type:
+    """TEDotProductAttention where TransformerEngine is installed (and CUDA present), else SDPAttention."""
+    if torch.cuda.is_available() and installed("transformer_engine"):
+        from megatron.core.extensions.transformer_engine import TEDotProductAttention
+
+        return TEDotProductAttention
+    return SDPAttention

@@ -1,0 +1,43 @@
+"""The Megatron GPTModel that carries its ModelConfig, and `build_model` for this rank's pipeline stage."""
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+
+from r1_megatron.models.config import ModelConfig, RopeScaling, to_transformer_config
+from r1_megatron.models.specs import block_spec
+from r1_megatron.runtime import ParallelConfig, ensure_parallel_state
+
+
+class R1GPTModel(GPTModel):
+    """GPTModel that knows its architecture config (for HF export, generation and logging) and applies
+    Llama-3 rope scaling with all four of its parameters: megatron-core 0.16.1's `rope_scaling` flag passes only
+    the factor and hard-codes low/high frequency factors and the original context length."""
+
+    def __init__(self, model_config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.model_config = model_config
+        rope = model_config.rope
+        if rope.scaling is RopeScaling.LLAMA3:
+            # Replaces the unscaled inv_freq before the first forward (RotaryEmbedding.forward is lru_cached).
+            emb = self.rotary_pos_emb
+            emb.inv_freq = emb._apply_scaling(emb.inv_freq, factor=rope.factor, low_freq_factor=rope.low_freq_factor,
+                                              high_freq_factor=rope.high_freq_factor,
+                                              original_max_position_embeddings=rope.original_max_position_embeddings)
+
+
+def build_model(model_config: ModelConfig, *, dtype: torch.dtype = torch.float32,
+                parallel: ParallelConfig | None = None) -> R1GPTModel:
+    """This rank's part of the model (its pipeline stage, tensor and expert shards), randomly initialised."""
+    parallel = parallel or ensure_parallel_state()
+    tcfg = to_transformer_config(model_config, parallel, dtype)
+    model = R1GPTModel(
+        model_config, config=tcfg, transformer_layer_spec=block_spec(model_config, tcfg),
+        vocab_size=model_config.vocab_size, max_sequence_length=model_config.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(), post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=model_config.tie_word_embeddings,
+        position_embedding_type="rope", rotary_base=model_config.rope.theta, rope_scaling=False)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model

@@ -1,0 +1,197 @@
+"""Load a local HF checkpoint directory into the Megatron model, and save the model back as one.
+
+Reads config.json and single-file or index-sharded safetensors (official DeepSeek-V3 block-scaled FP8 weights are
+dequantised on read); never contacts a hub. Saving writes to a temporary directory renamed into place, so an
+interrupted save never leaves a half-written checkpoint under the target name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from r1_megatron.models.config import ModelConfig
+from r1_megatron.models.gpt import R1GPTModel, build_model
+from r1_megatron.models.hf_config import HFLayoutOptions, model_config_to_hf, read_hf_config
+from r1_megatron.models.hf_weights import TensorRule, weight_rules
+from r1_megatron.runtime import ensure_parallel_state
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "generation_config.json")
+_MAX_SHARD_BYTES = 5 * 2**30
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config; the message names the file and tensor."""
+
+
+class SafetensorsReader:
+    """Tensors of an HF directory by name, through model.safetensors.index.json or every *.safetensors file."""
+
+    def __init__(self, directory: Path, fp8_block_size: tuple[int, int] | None = None):
+        self.directory, self.fp8_block_size = directory, fp8_block_size
+        self.file_of = self._weight_map(directory)
+        self._handles = {}
+
+    @staticmethod
+    def _weight_map(directory: Path) -> dict[str, str]:
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                return dict(json.loads(index.read_text())["weight_map"])
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no *.safetensors files and no model.safetensors.index.json")
+        weight_map = {}
+        for file in files:
+            with safe_open(file, "pt") as handle:
+                weight_map.update({name: file.name for name in handle.keys()})
+        return weight_map
+
+    def _handle(self, file: str):
+        if file not in self._handles:
+            path = self.directory / file
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: listed in the safetensors index but missing")
+            self._handles[file] = safe_open(path, "pt")
+        return self._handles[file]
+
+    def get(self, name: str, needed_by: str) -> torch.Tensor:
+        if name not in self.file_of:
+            raise CheckpointError(f"{self.directory}: tensor '{name}' (needed for Megatron '{needed_by}') is missing "
+                                  "from the checkpoint")
+        tensor = self._handle(self.file_of[name]).get_tensor(name)
+        if tensor.dtype == torch.float8_e4m3fn and f"{name}_scale_inv" in self.file_of:
+            tensor = self._dequantize(tensor, self.get(f"{name}_scale_inv", needed_by))
+        return tensor
+
+    def _dequantize(self, weight_fp8: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
+        """DeepSeek-V3 FP8: each [bm, bn] block of the weight is multiplied by its entry of scale_inv."""
+        bm, bn = self.fp8_block_size or (128, 128)
+        rows, cols = weight_fp8.shape
+        scale = scale_inv.float().repeat_interleave(bm, 0)[:rows].repeat_interleave(bn, 1)[:, :cols]
+        return weight_fp8.float() * scale
+
+
+def _ignorable(name: str, config: ModelConfig) -> bool:
+    """HF tensors that legitimately have no Megatron counterpart."""
+    if name.endswith("rotary_emb.inv_freq") or name.endswith("_scale_inv"):
+        return True
+    if name == "lm_head.weight" and config.tie_word_embeddings:
+        return True
+    layer = re.match(r"model\.layers\.(\d+)\.", name)
+    return layer is not None and int(layer.group(1)) >= config.num_layers  # MTP layers (drop_mtp)
+
+
+def _copy_rule(target: torch.Tensor, rule: TensorRule, reader: SafetensorsReader) -> None:
+    value = rule.transform.to_megatron([reader.get(name, rule.megatron) for name in rule.hf])
+    if value.shape != target.shape:
+        files = sorted({reader.file_of[name] for name in rule.hf})
+        raise CheckpointError(f"{reader.directory}/{files[0]}: tensor {' + '.join(rule.hf)} gives shape "
+                              f"{tuple(value.shape)} but Megatron '{rule.megatron}' is {tuple(target.shape)}")
+    target.copy_(value)
+
+
+def _require_single_rank_layout(what: str) -> None:
+    layout = ensure_parallel_state()
+    if (layout.tp, layout.pp, layout.ep) != (1, 1, 1):
+        raise ValueError(f"{what} at tp={layout.tp}, pp={layout.pp}, ep={layout.ep}: sharded HF loading and "
+                         "export arrive with r1_megatron.parallel; use a single-rank layout here")
+
+
+@torch.no_grad()
+def load_hf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, drop_mtp: bool = False) -> R1GPTModel:
+    """The Megatron GPTModel for this rank, with weights from the local HF directory `path`."""
+    directory = Path(path)
+    config, layout = read_hf_config(directory, drop_mtp=drop_mtp)
+    _require_single_rank_layout("load_hf")
+    model = build_model(config, dtype=dtype)
+    reader = SafetensorsReader(directory, layout.fp8_block_size)
+    rules = {rule.megatron: rule for rule in weight_rules(config, layout)}
+    used = set()
+    for name, target in model.state_dict().items():
+        if name.endswith("_extra_state"):
+            continue
+        if name not in rules:
+            raise CheckpointError(f"{directory}: Megatron tensor '{name}' has no HF mapping (config mismatch?)")
+        _copy_rule(target, rules[name], reader)
+        used.update(rules[name].hf)
+    unexpected = sorted(n for n in reader.file_of if n not in used and not _ignorable(n, config))
+    if unexpected:
+        raise CheckpointError(f"{directory}/{reader.file_of[unexpected[0]]}: {len(unexpected)} tensor(s) the config "
+                              f"does not account for, e.g. {unexpected[:5]}")
+    model.hf_source = directory
+    return model
+
+
+def _hf_state_dict(model: R1GPTModel) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    out = {}
+    for rule in weight_rules(model.model_config, HFLayoutOptions()):
+        for name, tensor in zip(rule.hf, rule.transform.to_hf(state[rule.megatron])):
+            out[name] = tensor.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _write_shards(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+    shards, current, size = [], {}, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = tensor, size + nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / file, metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _replace_directory(tmp: Path, target: Path) -> None:
+    """Swap `tmp` in as `target`; an existing target is removed only after the new one is in place."""
+    old = target.with_name(target.name + f".old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def save_hf(model: R1GPTModel, path: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
+            max_shard_bytes: int = _MAX_SHARD_BYTES) -> Path:
+    """Write `model` as an HF checkpoint directory that transformers loads; returns the directory.
+
+    Tokenizer files are copied from `tokenizer_dir`, or from the directory the model was loaded from.
+    """
+    _require_single_rank_layout("save_hf")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = _hf_state_dict(model)
+    _write_shards(tensors, tmp, max_shard_bytes)
+    dtype_name = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    (tmp / "config.json").write_text(json.dumps(model_config_to_hf(model.model_config, dtype_name), indent=2))
+    source = Path(tokenizer_dir) if tokenizer_dir else getattr(model, "hf_source", None)
+    for name in TOKENIZER_FILES if source else ():
+        if (source / name).is_file():
+            shutil.copy2(source / name, tmp / name)
+    _replace_directory(tmp, target)
+    return target

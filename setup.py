@@ -1,0 +1,72 @@
+"""Install r1_megatron; the top-level kernels/ folder is installed as r1_megatron.kernels.
+
+CUDA C++ extensions in csrc/ are built only where both a CUDA toolchain and a CUDA-enabled torch are
+importable at build time (use `pip install --no-build-isolation` on GPU machines so the build sees your torch);
+everywhere else one line says they were skipped and the pure Triton/PyTorch paths are used.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+NAME = "r1_megatron"
+
+
+def _cuda_extensions():
+    """Return (ext_modules, cmdclass) for csrc/, or ([], {}) with a one-line reason when it cannot be built."""
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu"))
+    if not sources:
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        print("r1_megatron: skipped csrc/ CUDA extensions (torch is not importable in the build environment; "
+              "use pip install --no-build-isolation)")
+        return [], {}
+    if torch.version.cuda is None or CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
+        print(f"r1_megatron: skipped csrc/ CUDA extensions (torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})")
+        return [], {}
+    ext = CUDAExtension(
+        name=f"{NAME}._C",
+        sources=sources,
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _cuda_extensions()
+
+setup(
+    name=NAME,
+    version="0.1.0",
+    description="DeepSeek-R1-style reasoning RL (GRPO) on Megatron-Core with fused Triton kernels",
+    long_description=open("README.md").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[NAME, f"{NAME}.models", f"{NAME}.kernels", f"{NAME}.rewards", f"{NAME}.data"],
+    package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},
+    package_data={NAME: ["py.typed"]},
+    install_requires=[
+        "torch>=2.4",
+        "megatron-core==0.16.1",  # the CPU compatibility layer patches this exact version's internals
+        "triton>=3.0; platform_system == 'Linux'",
+        "sentencepiece",
+        "tokenizers",
+        "safetensors",
+        "numpy",
+        "psutil",  # megatron dist_checkpointing needs it at save time
+        "pyyaml",
+        "math-verify>=0.7",
+        "pyarrow",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "transformers>=4.57"],
+        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        "bench": ["liger-kernel"],
+    },
+    entry_points={"console_scripts": ["r1-megatron = r1_megatron.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

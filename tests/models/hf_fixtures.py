@@ -1,0 +1,82 @@
+"""Tiny random HF checkpoints made with transformers itself (the independent reference for logits parity).
+
+Every weight is moved off its default init (norms away from 1, router weights spread so sigmoid scores differ,
+non-zero expert bias, biases non-zero) so that a wrong mapping cannot hide behind symmetric initial values.
+"""
+from __future__ import annotations
+
+import torch
+
+YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32, beta_fast=32.0,
+            beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)
+
+
+def perturb_(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("mlp.gate.weight"):
+                p.normal_(0.0, 0.3, generator=g)
+            else:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
+
+
+def deepseek_v3(q_lora_rank=32, yarn=True, seed=0, **overrides):
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    rope = dict(YARN) if yarn else dict(rope_type="default", rope_theta=10000.0)
+    kwargs = dict(vocab_size=160, hidden_size=96, intermediate_size=112, moe_intermediate_size=40,
+                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
+                  n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                  first_k_dense_replace=1, kv_lora_rank=24, q_lora_rank=q_lora_rank, qk_nope_head_dim=16,
+                  qk_rope_head_dim=8, v_head_dim=20, max_position_embeddings=128, rope_parameters=rope,
+                  rms_norm_eps=1e-6, num_nextn_predict_layers=0, tie_word_embeddings=False)
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = DeepseekV3ForCausalLM(DeepseekV3Config(**kwargs)).float().eval()
+    perturb_(model, seed + 1)
+    return model
+
+
+def qwen2(tied=False, seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=150, hidden_size=96, intermediate_size=120, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                         rope_parameters=dict(rope_type="default", rope_theta=50000.0), rms_norm_eps=1e-6,
+                         tie_word_embeddings=tied)
+    model = Qwen2ForCausalLM(config).float().eval()
+    perturb_(model, seed + 1)
+    return model
+
+
+def llama(tied=True, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=32)
+    config = LlamaConfig(vocab_size=140, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=128,
+                         rope_parameters=rope, rms_norm_eps=1e-5, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config).float().eval()
+    perturb_(model, seed + 1)
+    return model
+
+
+def prompts(vocab_size: int, seed: int = 0) -> list[torch.Tensor]:
+    """Batches of two prompts at lengths 1, 7 and 40 (40 is past original_max_position_embeddings=32, so the
+    YaRN / llama3 scaled frequency bands are exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab_size, (2, T), generator=g) for T in (1, 7, 40)]
+
+
+@torch.no_grad()
+def hf_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids).logits.float()
