@@ -62,7 +62,7 @@ setup(
         "pyarrow",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.57"],
+        "test": ["pytest>=7", "transformers>=5.0"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         "bench": ["liger-kernel"],
     },
