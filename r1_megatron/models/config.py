@@ -187,9 +187,11 @@ def _common_kwargs(model: ModelConfig, parallel: ParallelConfig, dtype: torch.dt
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=model.qkv_bias,
         attention_dropout=0.0, hidden_dropout=0.0,
         tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
-        expert_model_parallel_size=parallel.ep, expert_tensor_parallel_size=parallel.expert_tp,
+        # A dense model on an expert-parallel layout simply uses those ranks as data parallel.
+        expert_model_parallel_size=parallel.ep if model.has_moe else 1,
+        expert_tensor_parallel_size=parallel.expert_tp if model.has_moe else None,
         sequence_parallel=parallel.sequence_parallel(model.has_moe),
-        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, pipeline_dtype=dtype,
         # CPU init is identical on every layout (the weights are made whole, then split), which cross-layout
         # tests rely on; on GPU, init on the device.
         use_cpu_initialization=not on_gpu,

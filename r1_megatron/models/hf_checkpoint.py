@@ -20,6 +20,7 @@ from r1_megatron.models.config import ModelConfig
 from r1_megatron.models.gpt import R1GPTModel, build_model
 from r1_megatron.models.hf_config import HFLayoutOptions, model_config_to_hf, read_hf_config
 from r1_megatron.models.hf_weights import TensorRule, weight_rules
+from r1_megatron.models.placement import Placement, Shard
 from r1_megatron.runtime import ensure_parallel_state
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -38,6 +39,7 @@ class SafetensorsReader:
         self.directory, self.fp8_block_size = directory, fp8_block_size
         self.file_of = self._weight_map(directory)
         self._handles = {}
+        self.bytes_read = 0  # what this rank has read, so tests can check that no rank reads everything
 
     @staticmethod
     def _weight_map(directory: Path) -> dict[str, str]:
@@ -64,13 +66,27 @@ class SafetensorsReader:
             self._handles[file] = safe_open(path, "pt")
         return self._handles[file]
 
-    def get(self, name: str, needed_by: str) -> torch.Tensor:
+    def get(self, name: str, needed_by: str, shard: Shard | None = None) -> torch.Tensor:
+        """The tensor `name`, or only its `shard` slice (read from disk as a slice)."""
         if name not in self.file_of:
             raise CheckpointError(f"{self.directory}: tensor '{name}' (needed for Megatron '{needed_by}') is missing "
                                   "from the checkpoint")
-        tensor = self._handle(self.file_of[name]).get_tensor(name)
-        if tensor.dtype == torch.float8_e4m3fn and f"{name}_scale_inv" in self.file_of:
-            tensor = self._dequantize(tensor, self.get(f"{name}_scale_inv", needed_by))
+        handle = self._handle(self.file_of[name])
+        if f"{name}_scale_inv" in self.file_of:  # fp8 blocks do not align with TP slices: dequantise, then slice
+            tensor = self._dequantize(handle.get_tensor(name), self.get(f"{name}_scale_inv", needed_by))
+            return shard.take(tensor) if shard else tensor
+        if shard is None:
+            tensor = handle.get_tensor(name)
+        else:
+            lazy = handle.get_slice(name)
+            size = lazy.get_shape()[shard.dim]
+            if size % shard.world:
+                raise CheckpointError(f"{self.directory}/{self.file_of[name]}: tensor '{name}' dim {shard.dim} "
+                                      f"(size {size}) does not split into {shard.world} tensor-parallel parts")
+            step = size // shard.world
+            index = [slice(None)] * shard.dim + [slice(shard.rank * step, (shard.rank + 1) * step)]
+            tensor = lazy[tuple(index)]
+        self.bytes_read += tensor.numel() * tensor.element_size()
         return tensor
 
     def _dequantize(self, weight_fp8: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
@@ -91,11 +107,12 @@ def _ignorable(name: str, config: ModelConfig) -> bool:
     return layer is not None and int(layer.group(1)) >= config.num_layers  # MTP layers (drop_mtp)
 
 
-def _copy_rule(target: torch.Tensor, rule: TensorRule, reader: SafetensorsReader) -> None:
-    value = rule.transform.to_megatron([reader.get(name, rule.megatron) for name in rule.hf])
+def _load_tensor(target: torch.Tensor, rule: TensorRule, shard: Shard | None, reader: SafetensorsReader) -> None:
+    value = rule.read(reader, shard)
     if value.shape != target.shape:
         files = sorted({reader.file_of[name] for name in rule.hf})
-        raise CheckpointError(f"{reader.directory}/{files[0]}: tensor {' + '.join(rule.hf)} gives shape "
+        part = f" (TP part {shard.rank} of {shard.world} along dim {shard.dim})" if shard else ""
+        raise CheckpointError(f"{reader.directory}/{files[0]}: tensor {' + '.join(rule.hf)}{part} gives shape "
                               f"{tuple(value.shape)} but Megatron '{rule.megatron}' is {tuple(target.shape)}")
     target.copy_(value)
 
@@ -107,29 +124,53 @@ def _require_single_rank_layout(what: str) -> None:
                          "export arrive with r1_megatron.parallel; use a single-rank layout here")
 
 
+def _local_tensors(model: R1GPTModel) -> dict[str, torch.Tensor]:
+    """This rank's parameters and persistent buffers (parameters keep their TP attributes)."""
+    tensors = dict(model.named_parameters())
+    tensors.update((name, t) for name, t in model.state_dict(keep_vars=True).items()
+                   if name not in tensors and torch.is_tensor(t) and not name.endswith("_extra_state"))
+    return tensors
+
+
 @torch.no_grad()
-def load_hf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, drop_mtp: bool = False) -> R1GPTModel:
-    """The Megatron GPTModel for this rank, with weights from the local HF directory `path`."""
+def load_hf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, drop_mtp: bool = False,
+            reader_stats: dict | None = None) -> R1GPTModel:
+    """The Megatron GPTModel for this rank, with weights from the local HF directory `path`.
+
+    Under tensor/pipeline/expert parallelism (r1_megatron.parallel.initialize) only this rank's layers, experts and
+    tensor slices are built and read. `reader_stats`, if given, receives {"bytes_read": ...} for this rank.
+    """
     directory = Path(path)
     config, layout = read_hf_config(directory, drop_mtp=drop_mtp)
-    _require_single_rank_layout("load_hf")
+    parallel = ensure_parallel_state()
+    if config.vocab_size % parallel.tp:
+        raise CheckpointError(f"{directory}/config.json: vocab_size {config.vocab_size} is not divisible by "
+                              f"tensor-parallel size {parallel.tp}")
     model = build_model(config, dtype=dtype)
     reader = SafetensorsReader(directory, layout.fp8_block_size)
     rules = {rule.megatron: rule for rule in weight_rules(config, layout)}
-    used = set()
-    for name, target in model.state_dict().items():
-        if name.endswith("_extra_state"):
-            continue
-        if name not in rules:
+    if config.tie_word_embeddings:  # the last pipeline stage keeps its own copy of the shared embedding
+        rules["output_layer.weight"] = rules["embedding.word_embeddings.weight"]
+    placement = Placement.of_this_rank(model)
+    for name, target in _local_tensors(model).items():
+        rule = rules.get(placement.global_name(name))
+        if rule is None:
             raise CheckpointError(f"{directory}: Megatron tensor '{name}' has no HF mapping (config mismatch?)")
-        _copy_rule(target, rules[name], reader)
-        used.update(rules[name].hf)
+        _load_tensor(target, rule, placement.shard(target), reader)
+    _check_all_used(directory, reader, config, rules.values())
+    if reader_stats is not None:
+        reader_stats["bytes_read"] = reader.bytes_read
+    model.hf_source = directory
+    return model
+
+
+def _check_all_used(directory: Path, reader: SafetensorsReader, config: ModelConfig, rules) -> None:
+    """Every tensor in the checkpoint must belong to some rule of the whole model (checked by every rank)."""
+    used = {name for rule in rules for name in rule.hf}
     unexpected = sorted(n for n in reader.file_of if n not in used and not _ignorable(n, config))
     if unexpected:
         raise CheckpointError(f"{directory}/{reader.file_of[unexpected[0]]}: {len(unexpected)} tensor(s) the config "
                               f"does not account for, e.g. {unexpected[:5]}")
-    model.hf_source = directory
-    return model
 
 
 def _hf_state_dict(model: R1GPTModel) -> dict[str, torch.Tensor]:

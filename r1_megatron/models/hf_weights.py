@@ -1,7 +1,10 @@
 """Tensor-by-tensor mapping between HF checkpoints (on-disk names) and Megatron-Core parameter names.
 
 Each Megatron tensor is made from one or more HF tensors by an invertible transform, so loading and saving use
-the same table. Names are for the whole model (all layers, all experts); the loader resolves them per rank.
+the same table. Names are for the whole model (all layers, all experts); the loader resolves them per rank. A rank
+that holds a tensor-parallel slice reads only the matching slices of the HF tensors where the transform allows it
+(`componentwise`), which covers every split Megatron makes except the MLA kv down-projection of rope-halves
+checkpoints (a single small block, read whole and then sliced).
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from r1_megatron.models.hf_config import HFLayoutOptions
 class Copy:
     """Same tensor on both sides."""
 
+    def componentwise(self, shard) -> bool:
+        return True
+
     def to_megatron(self, hf: list[torch.Tensor]) -> torch.Tensor:
         return hf[0]
 
@@ -24,7 +30,11 @@ class Copy:
 
 
 class GateUp:
-    """SwiGLU fc1: Megatron stacks [gate; up] rows in one weight, HF keeps gate_proj and up_proj apart."""
+    """SwiGLU fc1: Megatron stacks [gate; up] rows in one weight, HF keeps gate_proj and up_proj apart.
+    A TP rank's fc1 is [gate slice; up slice] (the activation chunks the local output in two)."""
+
+    def componentwise(self, shard) -> bool:
+        return shard.dim == 0
 
     def to_megatron(self, hf):
         return torch.cat(hf, dim=0)
@@ -35,26 +45,28 @@ class GateUp:
 
 @dataclass(frozen=True)
 class QKVGroups:
-    """Megatron's fused linear_qkv holds, per KV group g, its query heads then k_g then v_g (weight or bias)."""
+    """Megatron's fused linear_qkv holds, per KV group g, its query heads then k_g then v_g (weight or bias).
+    TP splits whole groups, so a rank's slice is the same layout over its share of q, k and v."""
 
-    num_heads: int
-    num_kv_heads: int
     head_dim: int
+    heads_per_group: int
+
+    def componentwise(self, shard) -> bool:
+        return shard.dim == 0
 
     def to_megatron(self, hf):
         q, k, v = hf
         tail = q.shape[1:]
-        per_group = self.num_heads // self.num_kv_heads
-        q = q.reshape(self.num_kv_heads, per_group * self.head_dim, *tail)
-        k = k.reshape(self.num_kv_heads, self.head_dim, *tail)
-        v = v.reshape(self.num_kv_heads, self.head_dim, *tail)
+        groups = k.shape[0] // self.head_dim
+        q = q.reshape(groups, self.heads_per_group * self.head_dim, *tail)
+        k = k.reshape(groups, self.head_dim, *tail)
+        v = v.reshape(groups, self.head_dim, *tail)
         return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
 
     def to_hf(self, megatron):
         tail = megatron.shape[1:]
-        per_group = self.num_heads // self.num_kv_heads
-        grouped = megatron.reshape(self.num_kv_heads, (per_group + 2) * self.head_dim, *tail)
-        q, k, v = grouped.split([per_group * self.head_dim, self.head_dim, self.head_dim], dim=1)
+        grouped = megatron.reshape(-1, (self.heads_per_group + 2) * self.head_dim, *tail)
+        q, k, v = grouped.split([self.heads_per_group * self.head_dim, self.head_dim, self.head_dim], dim=1)
         return [t.reshape(-1, *tail) for t in (q, k, v)]
 
 
@@ -65,6 +77,10 @@ class RopeRows:
 
     block_rows: int
     rope_dim: int
+    num_blocks: int
+
+    def componentwise(self, shard) -> bool:
+        return shard.dim == 0 and self.num_blocks % shard.world == 0
 
     def _permute(self, t: torch.Tensor, inverse: bool) -> torch.Tensor:
         half = self.rope_dim // 2
@@ -88,13 +104,22 @@ class TensorRule:
     hf: tuple[str, ...]
     transform: object = Copy()
 
+    def read(self, reader, shard) -> torch.Tensor:
+        """This rank's Megatron tensor: whole (shard None) or its TP slice, reading as little as possible."""
+        if shard is None:
+            return self.transform.to_megatron([reader.get(name, self.megatron) for name in self.hf])
+        if self.transform.componentwise(shard):
+            return self.transform.to_megatron([reader.get(name, self.megatron, shard) for name in self.hf])
+        return shard.take(self.read(reader, None))
+
 
 def _mla_rules(config: ModelConfig, layout: HFLayoutOptions, hf: str, meg: str) -> list[TensorRule]:
     mla = config.mla
     q_rows = mla.qk_nope_head_dim + mla.qk_rope_head_dim
-    q_transform = Copy() if layout.rope_interleave else RopeRows(q_rows, mla.qk_rope_head_dim)
-    kv_transform = Copy() if layout.rope_interleave else RopeRows(mla.kv_lora_rank + mla.qk_rope_head_dim,
-                                                                  mla.qk_rope_head_dim)
+    q_transform = (Copy() if layout.rope_interleave
+                   else RopeRows(q_rows, mla.qk_rope_head_dim, config.num_attention_heads))
+    kv_transform = (Copy() if layout.rope_interleave
+                    else RopeRows(mla.kv_lora_rank + mla.qk_rope_head_dim, mla.qk_rope_head_dim, 1))
     rules = [TensorRule(f"{meg}linear_kv_down_proj.weight", (f"{hf}kv_a_proj_with_mqa.weight",), kv_transform),
              TensorRule(f"{meg}kv_layernorm.weight", (f"{hf}kv_a_layernorm.weight",)),
              TensorRule(f"{meg}linear_kv_up_proj.weight", (f"{hf}kv_b_proj.weight",)),
@@ -107,7 +132,7 @@ def _mla_rules(config: ModelConfig, layout: HFLayoutOptions, hf: str, meg: str) 
 
 
 def _gqa_rules(config: ModelConfig, hf: str, meg: str) -> list[TensorRule]:
-    qkv = QKVGroups(config.num_attention_heads, config.num_kv_heads, config.head_dim)
+    qkv = QKVGroups(config.head_dim, config.num_attention_heads // config.num_kv_heads)
     rules = [TensorRule(f"{meg}linear_qkv.weight", tuple(f"{hf}{p}_proj.weight" for p in "qkv"), qkv),
              TensorRule(f"{meg}linear_proj.weight", (f"{hf}o_proj.weight",))]
     if config.qkv_bias:
