@@ -1,0 +1,67 @@
+"""Math accuracy reward: is the completion's final answer equivalent to the ground truth (math-verify)?"""
+from __future__ import annotations
+
+import functools
+import logging
+
+from .answer_extraction import extract_final_answer
+from .deadline import RewardTimeout, wall_deadline
+
+# Longer "answers" are not answers; capping them bounds the parser's work and math-verify's log lines
+# (it logs the whole input on a timeout).
+MAX_ANSWER_CHARS = 2000
+
+
+def _not_timeout_disabled_warning(record: logging.LogRecord) -> bool:
+    return "Timeout is disabled" not in record.getMessage()
+
+
+# math-verify warns once per process that its own alarm is disabled; we disable it on purpose (see below).
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_not_timeout_disabled_warning)
+
+
+@functools.lru_cache(maxsize=1)
+def load_math_verify():
+    """Import lazily: the package costs ~0.5 s (sympy) and workers pay it once, at start-up."""
+    import math_verify
+
+    return math_verify
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(ground_truth: str):
+    return _parse_boxed(ground_truth)
+
+
+def _parse_boxed(answer: str):
+    mv = load_math_verify()
+    # parsing_timeout=None: math-verify's own timeout is signal.alarm(int seconds), which would cancel our
+    # float deadline (both use ITIMER_REAL) and raises in non-main threads; wall_deadline replaces it.
+    config = [mv.LatexExtractionConfig(boxed_match_priority=0)]
+    return mv.parse("\\boxed{" + answer + "}", extraction_config=config, parsing_timeout=None)
+
+
+def math_accuracy(completion: str, ground_truth: str, *, timeout_s: float = 3.0) -> float:
+    """1.0 when the completion's final answer is mathematically equivalent to ``ground_truth``, else 0.0.
+
+    The final answer is the last ``\\boxed{...}`` (nested braces allowed), else the content of the last
+    ``<answer>...</answer>``, else there is none (0.0). Both the answer and the ground truth are parsed as LaTeX
+    by math-verify and compared with ``math_verify.verify`` (numeric, symbolic, set/interval, matrix
+    equivalence; units and ``\\text`` stripped where math-verify does). Never raises on model output: malformed
+    text, unparsable LaTeX, or running past ``timeout_s`` (a soft, main-thread-only deadline; see
+    ``deadline.py``) all score 0.0.
+    """
+    try:
+        answer = extract_final_answer(completion)
+        if answer is None or len(answer) > MAX_ANSWER_CHARS:
+            return 0.0
+        with wall_deadline(timeout_s):
+            gold = _parse_gold(str(ground_truth).strip())
+            pred = _parse_boxed(answer)
+            if not gold or not pred:
+                return 0.0
+            ok = load_math_verify().verify(gold, pred, timeout_seconds=None)
+        return 1.0 if ok else 0.0
+    except (Exception, RewardTimeout, RecursionError):
+        return 0.0

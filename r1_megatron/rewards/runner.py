@@ -1,0 +1,267 @@
+"""Score a batch of completions in a pool of worker processes with a hard per-sample timeout.
+
+A worker that runs past the timeout or dies is SIGKILLed (with its sandboxed programs) and replaced; its
+sample scores 0.0 on every reward and is counted. Workers are forked from a forkserver that has imported
+the reward code once (math-verify and sympy take seconds to import), so a replacement starts in
+milliseconds and no worker is forked from the trainer's multi-threaded process.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import math
+import multiprocessing
+import time
+from multiprocessing.connection import wait
+from typing import Any, Mapping, Sequence
+
+from .registry import get_reward
+from .sandbox import kill_sandbox_processes
+
+_WORKER_MODULE = "r1_megatron.rewards.reward_worker"
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Weighted sum of named rewards (see ``registry.py``), computed by ``num_workers`` processes.
+
+    Default = R1: math accuracy and format, equal weight. ``timeout_s`` is the hard per-sample limit;
+    ``startup_timeout_s`` bounds worker start-up (imports), which is not charged to any sample.
+    ``spare_workers`` idle, started workers wait to replace a killed one at once.
+    """
+
+    weights: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"math_accuracy": 1.0, "format": 1.0})
+    reward_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    num_workers: int = 2
+    spare_workers: int = 1
+    timeout_s: float = 10.0
+    startup_timeout_s: float = 120.0
+    plugin_modules: tuple[str, ...] = ()
+    start_method: str = "forkserver"
+
+    def __post_init__(self):
+        if not self.weights:
+            raise ValueError("RewardConfig.weights must name at least one reward")
+        for module in self.plugin_modules:
+            importlib.import_module(module)  # so plugin names validate below
+        for name, weight in self.weights.items():
+            get_reward(name)
+            if not math.isfinite(weight):
+                raise ValueError(f"RewardConfig.weights[{name!r}] must be finite, got {weight!r}")
+        for name in self.reward_kwargs:
+            if name not in self.weights:
+                raise ValueError(f"RewardConfig.reward_kwargs names {name!r}, which is not in weights")
+        if self.num_workers < 1:
+            raise ValueError(f"RewardConfig.num_workers must be >= 1, got {self.num_workers!r}")
+        if self.spare_workers < 0:
+            raise ValueError(f"RewardConfig.spare_workers must be >= 0, got {self.spare_workers!r}")
+        if not self.timeout_s > 0 or not self.startup_timeout_s > 0:
+            raise ValueError(f"RewardConfig timeouts must be > 0, got timeout_s={self.timeout_s!r}, "
+                             f"startup_timeout_s={self.startup_timeout_s!r}")
+        if self.start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"RewardConfig.start_method must be 'forkserver' or 'spawn' (never fork from a "
+                             f"threaded trainer), got {self.start_method!r}")
+
+    @classmethod
+    def r1(cls, language_consistency_weight: float = 0.0, target_language: str = "en", **kwargs) -> "RewardConfig":
+        """R1: accuracy + format (equal weight), plus language consistency when its weight is non-zero."""
+        weights = {"math_accuracy": 1.0, "format": 1.0}
+        reward_kwargs = {}
+        if language_consistency_weight:
+            weights["language_consistency"] = language_consistency_weight
+            reward_kwargs["language_consistency"] = {"target_language": target_language}
+        return cls(weights=weights, reward_kwargs=reward_kwargs, **kwargs)
+
+
+@dataclasses.dataclass
+class RewardBatch:
+    """Scores of one batch. ``failure[i]`` is None, "timeout", "crash" (worker died) or "error" (a reward
+    raised; that reward scored 0.0, the others count)."""
+
+    total: list[float]
+    per_reward: dict[str, list[float]]
+    failure: list[str | None]
+    wall_s: float
+
+    def metrics(self) -> dict[str, float]:
+        counts = collections.Counter(self.failure)
+        out = {f"reward/{name}_mean": sum(v) / max(len(v), 1) for name, v in self.per_reward.items()}
+        out["reward/total_mean"] = sum(self.total) / max(len(self.total), 1)
+        out.update({"reward/timeouts": float(counts["timeout"]), "reward/crashes": float(counts["crash"]),
+                    "reward/errors": float(counts["error"])})
+        out["reward/wall_s"] = self.wall_s
+        return out
+
+
+def _worker_entry(*args) -> None:
+    """Process target; imports the worker module there, not in the trainer (it is in the forkserver already)."""
+    from .reward_worker import worker_main
+
+    worker_main(*args)
+
+
+class _Worker:
+    def __init__(self, ctx, config: RewardConfig, predecessor_pid: int | None = None):
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        args = (child_conn, tuple(config.weights), dict(config.reward_kwargs), config.plugin_modules,
+                predecessor_pid)
+        self.process = ctx.Process(target=_worker_entry, args=args, daemon=True, name="r1-reward-worker")
+        self.process.start()
+        child_conn.close()
+        self.ready = False
+        self.started = time.monotonic()
+        self.task: int | None = None
+        self.deadline = math.inf
+
+    def kill(self) -> None:
+        """SIGKILL the worker; the process that replaces it kills the sandboxed programs it left."""
+        self.process.kill()
+        self.conn.close()
+
+
+class RewardRunner:
+    """``score(completions, samples)`` -> RewardBatch. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, config: RewardConfig):
+        self.config = config
+        self._ctx = multiprocessing.get_context(config.start_method)
+        if config.start_method == "forkserver":
+            # Only takes effect if this process has not started its forkserver yet.
+            self._ctx.set_forkserver_preload([_WORKER_MODULE, *config.plugin_modules])
+        self._workers = [_Worker(self._ctx, config) for _ in range(config.num_workers)]
+        self._spares = [_Worker(self._ctx, config) for _ in range(config.spare_workers)]
+        self._killed: list = []  # killed processes not yet reaped
+        self.replacements = 0
+        self._await_ready()
+
+    def __enter__(self) -> "RewardRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        everyone = self._workers + self._spares
+        for worker in everyone:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        for worker in everyone:
+            worker.process.join(timeout=1.0)
+            if worker.process.is_alive():
+                worker.kill()
+                worker.process.join()
+                kill_sandbox_processes(worker.process.pid)
+        for process in self._killed:
+            process.join()
+        self._workers, self._spares, self._killed = [], [], []
+
+    def _await_ready(self) -> None:
+        while not all(w.ready for w in self._workers + self._spares):
+            self._poll(time.monotonic() + 0.5, on_result=None)
+
+    def score(self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]]) -> RewardBatch:
+        """Scores of each (completion, sample) pair. Returns once every sample has a result, a timeout, or a
+        crash; no sample holds the caller longer than ``timeout_s`` past the moment a worker took it."""
+        if len(completions) != len(samples):
+            raise ValueError(f"score: {len(completions)} completions but {len(samples)} samples")
+        if not self._workers:
+            raise RuntimeError("RewardRunner is closed")
+        start = time.monotonic()
+        n = len(completions)
+        names = list(self.config.weights)
+        per_reward = {name: [0.0] * n for name in names}
+        failure: list[str | None] = [None] * n
+        pending = collections.deque(range(n))
+        done = 0
+
+        def on_result(task, scores, error):
+            nonlocal done
+            done += 1
+            if scores is None:
+                failure[task] = error
+                return
+            for name in names:
+                per_reward[name][task] = scores[name]
+            failure[task] = "error" if error else None
+
+        while done < n:
+            self._dispatch(pending, completions, samples, on_result)
+            self._poll(self._next_deadline(), on_result)
+        total = [sum(self.config.weights[k] * per_reward[k][i] for k in names) for i in range(n)]
+        return RewardBatch(total=total, per_reward=per_reward, failure=failure, wall_s=time.monotonic() - start)
+
+    def _dispatch(self, pending, completions, samples, on_result) -> None:
+        for worker in self._workers:
+            if not pending or not worker.ready or worker.task is not None:
+                continue
+            task = pending.popleft()
+            try:
+                worker.conn.send((task, completions[task], samples[task]))
+            except (OSError, ValueError):
+                self._replace(worker)  # died while idle: nothing was charged to this sample
+                pending.appendleft(task)
+                continue
+            worker.task, worker.deadline = task, time.monotonic() + self.config.timeout_s
+
+    def _next_deadline(self) -> float:
+        busy = [w.deadline for w in self._workers if w.task is not None]
+        return min(busy) if busy else time.monotonic() + 0.5
+
+    def _poll(self, until: float, on_result) -> None:
+        """Wait for messages or deaths until ``until``; then enforce deadlines."""
+        everyone = self._workers + self._spares
+        handles = {w.conn: w for w in everyone}
+        handles.update({w.process.sentinel: w for w in everyone})
+        for handle in wait(list(handles), timeout=max(0.0, until - time.monotonic())):
+            worker = handles[handle]
+            if worker in self._workers or worker in self._spares:
+                self._receive(worker, on_result)
+        self._killed = [p for p in self._killed if p.is_alive()]  # is_alive() reaps the dead
+        now = time.monotonic()
+        for worker in self._workers + self._spares:
+            if worker.task is not None and now >= worker.deadline:
+                self._fail(worker, "timeout", on_result)
+            elif not worker.ready and now - worker.started > self.config.startup_timeout_s:
+                raise RuntimeError(f"reward worker did not start within {self.config.startup_timeout_s} s")
+
+    def _receive(self, worker: _Worker, on_result) -> None:
+        try:
+            if not worker.conn.poll():
+                raise EOFError  # woken by the process sentinel: it exited
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._fail(worker, "crash", on_result)
+            return
+        if message == ("ready",):
+            worker.ready = True
+            return
+        task, scores, error = message
+        worker.task, worker.deadline = None, math.inf
+        on_result(task, scores, error)
+
+    def _fail(self, worker: _Worker, kind: str, on_result) -> None:
+        task = worker.task
+        self._replace(worker)
+        if task is not None:
+            on_result(task, None, kind)
+        elif on_result is None or not worker.ready:
+            raise RuntimeError(f"reward worker exited during start-up (exit code {worker.process.exitcode})")
+
+    def _replace(self, worker: _Worker) -> None:
+        """Swap in a ready spare when there is one (a fresh process takes its place among the spares)."""
+        worker.kill()
+        self._killed.append(worker.process)
+        fresh = _Worker(self._ctx, self.config, predecessor_pid=worker.process.pid)
+        pool = self._spares if worker in self._spares else self._workers
+        index = pool.index(worker)
+        spare = next((w for w in self._spares if w.ready), None) if pool is self._workers else None
+        if spare is None:
+            pool[index] = fresh
+        else:
+            pool[index] = spare
+            self._spares[self._spares.index(spare)] = fresh
+        self.replacements += 1

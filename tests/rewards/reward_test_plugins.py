@@ -1,0 +1,17 @@
+"""Rewards that misbehave on purpose, registered for the runner tests (imported by the workers as a plugin)."""
+import os
+import time
+
+from r1_megatron.rewards import register_reward
+
+
+@register_reward("test_misbehave")
+def misbehave(completion, sample, **kwargs):
+    """HANG sleeps for an hour, CRASH kills the worker, RAISE raises; anything else scores len % 2."""
+    if "HANG" in completion:
+        time.sleep(3600)
+    if "CRASH" in completion:
+        os._exit(3)
+    if "RAISE" in completion:
+        raise RuntimeError("reward bug")
+    return float(len(completion) % 2)
