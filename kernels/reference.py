@@ -1,0 +1,210 @@
+"""Plain-PyTorch implementations of every kernel, with the kernels' signatures.
+
+They are the CPU fallback, the benchmarks' "eager" provider and, evaluated in float64, the tests' gold. They
+compute in the input dtype (promoted to at least fp32 only where noted) exactly as a user would write them, so
+they materialise [B, T, V] intermediates; only the Triton kernels obey the memory rule.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .options import (AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg, check_logprob_inputs, check_loss_inputs,
+                      check_rewards, check_rms_norm_inputs, parse_enum)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half types and fp32, fp64 for fp64: float64 inputs make this the gold reference."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------- advantages
+def group_advantages(rewards: torch.Tensor, group_size: int, *, std: str | AdvantageStd = "sample",
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Â = (r − mean_g) / (std_g + eps) per group of `group_size` adjacent rewards; rewards [B] → [B].
+
+    std "sample" uses N−1, "population" N, "none" gives r − mean (Dr.GRPO). A group whose rewards are all
+    equal (including every group of size 1) gets 0. Non-finite rewards raise ValueError.
+    """
+    kind = parse_enum(AdvantageStd, std, "std")
+    check_rewards(rewards, group_size, eps)
+    bad = (~torch.isfinite(rewards)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"rewards[{i}]={rewards[i].item()} (group {i // group_size}) is not finite")
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    r_GS = rewards.to(_compute_dtype(out_dtype)).view(-1, group_size)
+    if group_size == 1:
+        return torch.zeros_like(rewards, dtype=out_dtype)
+    centred_GS = r_GS - r_GS.mean(dim=1, keepdim=True)
+    if kind is AdvantageStd.NONE:
+        adv_GS = centred_GS
+    else:
+        std_G1 = r_GS.std(dim=1, correction=1 if kind is AdvantageStd.SAMPLE else 0, keepdim=True)
+        adv_GS = centred_GS / (std_G1 + eps)
+    all_equal_G1 = r_GS.amax(dim=1, keepdim=True) == r_GS.amin(dim=1, keepdim=True)
+    return torch.where(all_equal_G1, torch.zeros_like(adv_GS), adv_GS).view(-1).to(out_dtype)
+
+
+# ------------------------------------------------------------------------------------------- vocab parallel
+class _GatherVocab(torch.autograd.Function):
+    """All-gather vocab shards [.., V_local] → [.., V]; backward keeps this rank's slice of the gradient.
+
+    Slicing (not reducing) is right because every rank computes the same loss from the same full logits.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        ctx.rank, ctx.v_local = dist.get_rank(group), x.shape[-1]
+        return torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        start = ctx.rank * ctx.v_local
+        return grad[..., start:start + ctx.v_local].contiguous(), None
+
+
+def gather_vocab(logits: torch.Tensor, tp_group) -> torch.Tensor:
+    """Full-vocabulary logits from Megatron's contiguous vocab shards (identity without TP)."""
+    if tp_group is None or dist.get_world_size(tp_group) == 1:
+        return logits
+    return _GatherVocab.apply(logits, tp_group)
+
+
+def _target_logprobs(logprobs_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
+    # Ids outside [0, V) are clamped: their logp is undefined and must sit at mask 0.
+    ids_BT1 = targets_BT.long().clamp(0, logprobs_BTV.shape[-1] - 1).unsqueeze(-1)
+    return logprobs_BTV.gather(-1, ids_BT1).squeeze(-1)
+
+
+@torch.no_grad()
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
+                   tp_group=None) -> torch.Tensor:
+    """log_softmax(logits / temperature)[target] over the full vocab: [B, T, V_local] → [B, T] (fp32, fp64 for fp64)."""
+    check_logprob_inputs(logits, targets)
+    GRPOLossConfig(temperature=temperature)  # validates temperature
+    logprobs_BTV = torch.log_softmax(gather_vocab(logits, tp_group) / temperature, dim=-1)
+    return _target_logprobs(logprobs_BTV, targets).to(_compute_dtype(logits.dtype))
+
+
+# -------------------------------------------------------------------------------------------------- GRPO loss
+def _kl_k1(logp, ref):
+    return logp - ref
+
+
+def _kl_k2(logp, ref):
+    return 0.5 * (logp - ref) ** 2
+
+
+def _kl_k3(logp, ref):
+    d = ref - logp
+    return torch.exp(d) - d - 1
+
+
+KL_ESTIMATORS = {KLEstimator.K1: _kl_k1, KLEstimator.K2: _kl_k2, KLEstimator.K3: _kl_k3}
+
+
+def _safe_div(num: torch.Tensor, den):
+    """num / den, with an empty denominator (no mask token) giving 0 instead of NaN."""
+    if isinstance(den, torch.Tensor):
+        den = torch.where(den > 0, den, torch.ones_like(den))
+    return num / den
+
+
+def _agg_token_mean(loss_BT, mask_BT, cfg):
+    return _safe_div(loss_BT.sum(), cfg.normalizer or mask_BT.sum())
+
+
+def _agg_seq_mean_token_mean(loss_BT, mask_BT, cfg):
+    len_B = mask_BT.sum(dim=-1)
+    seq_mean_B = _safe_div(loss_BT.sum(dim=-1), len_B)
+    return _safe_div(seq_mean_B.sum(), cfg.normalizer or (len_B > 0).sum().to(loss_BT.dtype))
+
+
+def _agg_seq_mean_token_sum(loss_BT, mask_BT, cfg):
+    return loss_BT.sum(dim=-1).sum() / (cfg.normalizer or loss_BT.shape[0])
+
+
+def _agg_seq_mean_token_sum_norm(loss_BT, mask_BT, cfg):
+    return loss_BT.sum() / (cfg.normalizer or loss_BT.shape[0] * (cfg.norm_length or loss_BT.shape[1]))
+
+
+AGGREGATIONS = {
+    LossAgg.TOKEN_MEAN: _agg_token_mean,
+    LossAgg.SEQ_MEAN_TOKEN_MEAN: _agg_seq_mean_token_mean,
+    LossAgg.SEQ_MEAN_TOKEN_SUM: _agg_seq_mean_token_sum,
+    LossAgg.SEQ_MEAN_TOKEN_SUM_NORM: _agg_seq_mean_token_sum_norm,
+}
+
+
+def _masked(x_BT, mask_BT):
+    # where() rather than a product so that garbage (inf/NaN) at mask-0 positions cannot leak into sums.
+    return torch.where(mask_BT != 0, x_BT * mask_BT, torch.zeros_like(x_BT))
+
+
+def _masked_mean(x_BT, mask_BT):
+    return _safe_div(_masked(x_BT, mask_BT).sum(), mask_BT.sum()).detach()
+
+
+def _surrogate(ratio_BT, adv_BT, cfg: GRPOLossConfig):
+    """(surrogate, clipped): min(ρA, clip(ρ)A), and max(·, c·A) where A < 0 under dual clip c."""
+    unclipped_BT = ratio_BT * adv_BT
+    clipped_obj_BT = torch.clamp(ratio_BT, cfg.clip_low, cfg.clip_high) * adv_BT
+    surr_BT = torch.min(unclipped_BT, clipped_obj_BT)
+    clipped_BT = clipped_obj_BT < unclipped_BT
+    if cfg.dual_clip is not None:
+        floor_BT = cfg.dual_clip * adv_BT
+        dual_BT = (adv_BT < 0) & (floor_BT > surr_BT)
+        surr_BT = torch.where(adv_BT < 0, torch.max(surr_BT, floor_BT), surr_BT)
+        clipped_BT = clipped_BT | dual_BT
+    return surr_BT, clipped_BT
+
+
+def grpo_loss(logits, targets, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps_low=0.2,
+              clip_eps_high=None, dual_clip=None, kl_coef=0.001, kl_estimator="k3", temperature=1.0,
+              loss_agg="seq-mean-token-mean", norm_length=None, normalizer=None, tp_group=None,
+              inplace_backward=False):
+    """Reference GRPO loss; see `r1_megatron.kernels.grpo_loss` for the contract. `inplace_backward` is ignored.
+
+    logp = log_softmax(logits/τ)[target]; ρ = exp(logp − old); per-token loss = −surrogate(ρ, A) + β·KL;
+    reduced over mask tokens by `loss_agg`. Returns (loss, stats).
+    """
+    cfg = GRPOLossConfig(clip_eps_low, clip_eps_high, dual_clip, kl_coef, kl_estimator, temperature, loss_agg,
+                         norm_length, normalizer)
+    check_loss_inputs(logits, targets, old_logprobs, ref_logprobs, advantages, mask)
+    dtype = _compute_dtype(logits.dtype)
+    logprobs_BTV = torch.log_softmax(gather_vocab(logits, tp_group) / cfg.temperature, dim=-1)
+    logp_BT = _target_logprobs(logprobs_BTV, targets).to(dtype)
+    mask_BT = mask.to(dtype)
+    adv_BT = advantages.to(dtype)
+    adv_BT = adv_BT[:, None].expand_as(logp_BT) if adv_BT.dim() == 1 else adv_BT
+    ratio_BT = torch.exp(logp_BT - old_logprobs.to(dtype))
+    surr_BT, clipped_BT = _surrogate(ratio_BT, adv_BT, cfg)
+    token_loss_BT = -surr_BT
+    kl_BT = torch.zeros_like(logp_BT)
+    if ref_logprobs is not None:
+        kl_BT = KL_ESTIMATORS[cfg.kl_estimator](logp_BT, ref_logprobs.to(dtype))
+        if cfg.kl_coef:
+            token_loss_BT = token_loss_BT + cfg.kl_coef * kl_BT
+    loss = AGGREGATIONS[cfg.loss_agg](_masked(token_loss_BT, mask_BT), mask_BT, cfg)
+    with torch.no_grad():
+        entropy_BT = -(logprobs_BTV.exp() * logprobs_BTV).sum(dim=-1).to(dtype)
+    stats = {
+        "logp": logp_BT.detach(),
+        "clip_frac": _masked_mean(clipped_BT.to(dtype), mask_BT),
+        "kl": _masked_mean(kl_BT, mask_BT),
+        "ratio": _masked_mean(ratio_BT, mask_BT),
+        "entropy": _masked_mean(entropy_BT, mask_BT),
+    }
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------------- RMSNorm
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """y = x / sqrt(mean(x², -1) + eps) · weight, computed in ≥ fp32, returned in x's dtype; x [..., H], weight [H]."""
+    check_rms_norm_inputs(x, weight, eps)
+    x_c = x.to(_compute_dtype(x.dtype))
+    y = x_c * torch.rsqrt(x_c.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.to(x_c.dtype)
+    return y.to(x.dtype)

@@ -1,0 +1,216 @@
+"""Triton grpo_loss / token_logprobs (interpreted) against a float64 evaluation of the reference."""
+import itertools
+
+import pytest
+import torch
+from kernel_test_inputs import dual_clip_active, gold_loss, make_inputs, rel_err, run_loss
+
+from r1_megatron.kernels import grpo_loss, reference, token_logprobs
+from r1_megatron.kernels.backend import Backend, select_backend
+
+STAT_KEYS = ("logp", "clip_frac", "kl", "ratio", "entropy")
+FP32_TOL = 2e-5
+
+
+@pytest.fixture(autouse=True)
+def _triton_path():
+    assert select_backend(torch.zeros(1)) is Backend.TRITON, "kernel tests must run the Triton interpreter"
+
+
+def check_fp32(inp, **kw):
+    gold = gold_loss(inp, **kw)
+    got = run_loss(grpo_loss, inp, inp.logits, **kw)
+    assert rel_err(got[0], gold[0]) < FP32_TOL, (got[0], gold[0])
+    for key in STAT_KEYS:
+        assert got[1][key].dtype == torch.float32 and not got[1][key].requires_grad
+        assert rel_err(got[1][key], gold[1][key]) < FP32_TOL, key
+    assert rel_err(got[2], gold[2]) < FP32_TOL
+    return got, gold
+
+
+@pytest.mark.parametrize("loss_agg,kl_estimator", itertools.product(
+    ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"], ["k1", "k2", "k3"]))
+def test_every_aggregation_and_kl_estimator(loss_agg, kl_estimator):
+    inp = make_inputs(3, 6, 100, seed=hash((loss_agg, kl_estimator)) % 1000, empty_rows=(1,))
+    check_fp32(inp, loss_agg=loss_agg, kl_estimator=kl_estimator, kl_coef=0.3)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(clip_eps_low=0.1),
+    dict(clip_eps_low=0.2, clip_eps_high=0.28),  # DAPO clip-higher
+    dict(dual_clip=3.0),
+    dict(dual_clip=1.5, clip_eps_high=0.28, temperature=0.7),
+    dict(temperature=1.3, kl_coef=0.05, loss_agg="token-mean"),
+    dict(loss_agg="token-mean", normalizer=37.0),
+    dict(loss_agg="seq-mean-token-mean", normalizer=5.0),
+    dict(loss_agg="seq-mean-token-sum", normalizer=2.5),
+    dict(loss_agg="seq-mean-token-sum-norm", norm_length=16),
+    dict(loss_agg="seq-mean-token-sum-norm", normalizer=11.0),
+    dict(kl_coef=0.0),
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_clip_settings_temperature_and_normalizers(kw):
+    temperature = kw.get("temperature", 1.0)
+    inp = make_inputs(4, 8, 97, seed=7, adv_per_token=True, temperature=temperature,
+                      old_noise=1.0 if "dual_clip" in kw else 0.3)
+    if "dual_clip" in kw:
+        assert dual_clip_active(inp, kw["dual_clip"], temperature) > 0
+    (_, stats, _), _ = check_fp32(inp, **kw)
+    if "dual_clip" in kw or "clip_eps_high" in kw:
+        assert 0 < stats["clip_frac"] < 1  # the clip branches are really exercised
+
+
+def test_clipping_happens_in_both_directions():
+    inp = make_inputs(4, 8, 50, seed=3)
+    _, gold_stats, _ = gold_loss(inp)
+    assert 0.1 < gold_stats["clip_frac"] < 0.9
+
+
+def test_without_reference_logprobs_and_with_weighted_mask():
+    inp = make_inputs(2, 7, 64, seed=11, with_ref=False, mask_dtype=torch.float32)
+    (_, stats, _), _ = check_fp32(inp, loss_agg="seq-mean-token-mean")
+    assert stats["kl"] == 0
+
+
+@pytest.mark.parametrize("B,T,V", [(2, 1, 33), (1, 3, 7), (2, 3, 1000), (1, 2, 151936)])
+def test_odd_shapes(B, T, V):
+    inp = make_inputs(B, T, V, seed=B * T + V, adv_per_token=T > 1, temperature=0.9, old_noise=1.0)
+    check_fp32(inp, temperature=0.9, dual_clip=2.0)
+
+
+def test_all_masked_rows_and_fully_masked_batch():
+    inp = make_inputs(4, 5, 40, seed=5, empty_rows=(0, 2))
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        check_fp32(inp, loss_agg=agg)
+    inp.mask[:] = False
+    (loss, stats, grad), _ = check_fp32(inp, loss_agg="seq-mean-token-mean")
+    assert loss == 0 and grad.abs().max() == 0 and stats["ratio"] == 0
+
+
+# Input rounding alone moves a scalar that sums cancelling terms by up to ~this much (relative)
+ROUNDING_FLOOR = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+GRAD_STORE = {torch.bfloat16: 1e-2, torch.float16: 1e-3}  # rounding of the stored gradient (max-relative)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_three_ways(dtype):
+    """Kernel on bf16/fp16 logits and the plain reference on the same logits, both against the fp32 gold."""
+    inp = make_inputs(3, 6, 300, seed=21, temperature=0.8, old_noise=1.0)
+    kw = dict(temperature=0.8, dual_clip=2.0, kl_coef=0.1)
+    assert dual_clip_active(inp, 2.0, 0.8) > 0
+    gold = gold_loss(inp, **kw)
+    low = inp.logits.to(dtype)
+    ker = run_loss(grpo_loss, inp, low, **kw)
+    ref = run_loss(reference.grpo_loss, inp, low, **kw)
+    assert ker[2].dtype == dtype
+    for name, k_val, r_val, g_val in [("loss", ker[0], ref[0], gold[0]), ("grad", ker[2], ref[2], gold[2])] + [
+            (k, ker[1][k], ref[1][k], gold[1][k]) for k in STAT_KEYS]:
+        k_err, r_err = rel_err(k_val, g_val), rel_err(r_val, g_val)
+        # mean KL is a small difference of log-probs (~0.02 here): input rounding moves it most, relatively
+        floor = ROUNDING_FLOOR[dtype] * (4 if name == "kl" else 1)
+        assert k_err < 3 * floor, name
+        assert k_err <= 2 * r_err + floor, (name, k_err, r_err)  # not much worse than plain PyTorch
+    # and on the rounded inputs themselves the kernel is fp32-exact: all its error is the inputs' rounding
+    same_input = gold_loss(type(inp)(low.float(), *inp.args()[1:]), **kw)
+    assert rel_err(ker[0], same_input[0]) < FP32_TOL
+    assert all(rel_err(ker[1][k], same_input[1][k]) < FP32_TOL for k in STAT_KEYS)
+    assert rel_err(ker[2], same_input[2]) < GRAD_STORE[dtype]
+
+
+def test_strided_logits():
+    inp = make_inputs(2, 5, 80, seed=9)
+    _, _, gold_grad = gold_loss(inp)
+    padded = torch.randn(2, 6, 80)
+    padded[:, :5] = inp.logits
+    x_strided = padded[:, :5].requires_grad_()  # non-contiguous rows, as logits[:, :-1] in a trainer
+    loss, _ = grpo_loss(*inp.args(x_strided))
+    loss.backward()
+    assert rel_err(x_strided.grad, gold_grad) < FP32_TOL
+
+
+def test_inplace_backward_writes_the_gradient_into_the_logits_buffer():
+    inp = make_inputs(2, 5, 80, seed=9)
+    _, _, gold_grad = gold_loss(inp)
+    base = inp.logits.clone().requires_grad_()
+    logits = base * 1.0  # a non-leaf with its own buffer, like the LM head's output
+    loss, _ = grpo_loss(*inp.args(logits), inplace_backward=True)
+    loss.backward()
+    assert rel_err(base.grad, gold_grad) < FP32_TOL
+    assert rel_err(logits.detach(), gold_grad) < FP32_TOL  # the logits buffer now holds the gradient
+
+
+def test_forward_and_backward_never_allocate_a_vocab_sized_intermediate(monkeypatch):
+    """Record every tensor our code allocates (Triton's interpreter copies its arguments; those are not ours)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime import interpreter
+
+    in_kernel = []
+    launch = interpreter.GridExecutor.__call__
+
+    def launch_unrecorded(self, *args, **kwargs):
+        in_kernel.append(True)
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            in_kernel.pop()
+
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__", launch_unrecorded)
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.numels = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            if not in_kernel:
+                self.numels += [o.numel() for o in outs if isinstance(o, torch.Tensor)]
+            return out
+
+    B, T, V = 2, 4, 1024
+    inp = make_inputs(B, T, V, seed=4)
+    for inplace, expected_full in ((False, 1), (True, 0)):
+        x = inp.logits.clone().requires_grad_() * 1.0  # non-leaf: no AccumulateGrad copy of the gradient
+        with Allocations() as fwd:
+            loss, _ = grpo_loss(*inp.args(x), inplace_backward=inplace)
+        with Allocations() as bwd:
+            torch.autograd.grad(loss, x)  # runs only our backward (x is not a leaf)
+        assert fwd.numels and max(fwd.numels) <= 8 * B * T  # per-token fp32 state only
+        assert sum(n >= B * T * V for n in bwd.numels) == expected_full  # just the gradient (none in place)
+        assert max(n for n in bwd.numels if n < B * T * V) <= 8 * B * T
+
+
+@pytest.mark.parametrize("dtype,temperature", [(torch.float32, 1.0), (torch.float32, 0.6), (torch.bfloat16, 1.0)])
+def test_token_logprobs(dtype, temperature):
+    inp = make_inputs(3, 4, 517, seed=2)
+    gold = reference.token_logprobs(inp.logits.double(), inp.targets, temperature=temperature)
+    got = token_logprobs(inp.logits.to(dtype), inp.targets, temperature=temperature)
+    assert got.dtype == torch.float32 and got.shape == (3, 4)
+    tol = FP32_TOL if dtype == torch.float32 else 1.5 * rel_err(
+        reference.token_logprobs(inp.logits.to(dtype), inp.targets, temperature=temperature), gold) + 2e-3
+    assert rel_err(got, gold) < tol
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(kl_estimator="k4"), "kl_estimator='k4'"),
+    (dict(loss_agg="mean"), "loss_agg='mean'"),
+    (dict(clip_eps_low=-0.1), "clip_eps_low=-0.1"),
+    (dict(dual_clip=1.0), "dual_clip=1.0"),
+    (dict(temperature=0.0), "temperature=0.0"),
+    (dict(normalizer=0.0), "normalizer=0.0"),
+    (dict(norm_length=0), "norm_length=0"),
+])
+def test_bad_options_name_the_value(kw, needle):
+    inp = make_inputs(1, 2, 8, seed=0)
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        grpo_loss(*inp.args(), **kw)
+
+
+def test_bad_shapes_name_the_argument():
+    inp = make_inputs(2, 3, 8, seed=0)
+    with pytest.raises(ValueError, match="advantages"):
+        grpo_loss(inp.logits, inp.targets, inp.old, inp.ref, inp.adv[:1], inp.mask)
+    with pytest.raises(ValueError, match="old_logprobs"):
+        grpo_loss(inp.logits, inp.targets, inp.old[:, :2], inp.ref, inp.adv, inp.mask)
+    with pytest.raises(ValueError, match="targets"):
+        token_logprobs(inp.logits, inp.targets.float())
