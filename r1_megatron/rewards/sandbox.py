@@ -37,7 +37,6 @@ import functools
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import subprocess
