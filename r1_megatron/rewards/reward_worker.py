@@ -9,7 +9,7 @@ from multiprocessing.connection import Connection
 
 from .math_reward import load_math_verify, math_accuracy
 from .registry import get_reward
-from .sandbox import kill_sandbox_processes
+from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
 load_math_verify()
 
@@ -41,6 +41,7 @@ def worker_main(conn: Connection, names: tuple[str, ...], reward_kwargs: dict, p
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the trainer, which closes the pool
     if predecessor_pid is not None:
         kill_sandbox_processes(predecessor_pid)
+        remove_sandbox_dirs(predecessor_pid)
     for module in plugin_modules:
         importlib.import_module(module)
     for name in names:

@@ -17,7 +17,7 @@ from multiprocessing.connection import wait
 from typing import Any, Mapping, Sequence
 
 from .registry import get_reward
-from .sandbox import kill_sandbox_processes
+from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
 _WORKER_MODULE = "r1_megatron.rewards.reward_worker"
 
@@ -155,6 +155,7 @@ class RewardRunner:
                 worker.kill()
                 worker.process.join()
                 kill_sandbox_processes(worker.process.pid)
+                remove_sandbox_dirs(worker.process.pid)
         for process in self._killed:
             process.join()
         self._workers, self._spares, self._killed = [], [], []

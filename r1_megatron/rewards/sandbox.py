@@ -165,8 +165,19 @@ def _rlimits(config: SandboxConfig, uid: int | None) -> dict[str, tuple[int, int
     }
 
 
+def _dir_prefix(pid: int) -> str:
+    return f"r1_sandbox_{pid}_"
+
+
+def remove_sandbox_dirs(pid: int) -> None:
+    """Delete the temporary directories that runs of process ``pid`` left behind (it was killed mid-run)."""
+    for name in os.listdir(tempfile.gettempdir()):
+        if name.startswith(_dir_prefix(pid)):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), name), ignore_errors=True)
+
+
 def _prepare_dirs(uid: int | None) -> tuple[str, str]:
-    root = tempfile.mkdtemp(prefix="r1_sandbox_")
+    root = tempfile.mkdtemp(prefix=_dir_prefix(os.getpid()))
     os.chmod(root, 0o711)  # the program may traverse to work/, not list or open the capture files
     work = os.path.join(root, "work")
     os.mkdir(work, 0o700)

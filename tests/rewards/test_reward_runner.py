@@ -1,5 +1,7 @@
 """The reward runner: weighted scores, hung and crashed workers, and the wall-time bound."""
+import glob
 import os
+import tempfile
 import time
 
 import pytest
@@ -98,6 +100,10 @@ def test_killed_worker_takes_its_sandboxed_programs_along():
         batch = r.score([code], [{"tests": [{"input": "", "output": "1"}]}])
         assert time.monotonic() - start < 5.0
         assert batch.failure == ["timeout"]
+    deadline = time.monotonic() + 10  # the replacement worker cleans up while starting; close() waited for it
+    while glob.glob(f"{tempfile.gettempdir()}/r1_sandbox_{pid}_*") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not glob.glob(f"{tempfile.gettempdir()}/r1_sandbox_{pid}_*")
     uid = sandbox_uid(pid)
     if uid is not None:
         assert not [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid and _state(p) != "Z"]
