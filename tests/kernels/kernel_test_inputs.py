@@ -58,9 +58,9 @@ def run_loss(fn, inp: LossInputs, logits: torch.Tensor, **kw):
     return loss.detach(), stats, x.grad
 
 
-def rel_err(actual: torch.Tensor, gold: torch.Tensor) -> float:
-    """max |actual − gold| / max |gold| (scale-relative, so entries near zero do not dominate)."""
-    scale = gold.abs().max().clamp_min(1e-12)
+def rel_err(actual: torch.Tensor, gold: torch.Tensor, floor: float = 1e-12) -> float:
+    """max |actual − gold| / max(max |gold|, floor) (scale-relative, so entries near zero do not dominate)."""
+    scale = gold.abs().max().clamp_min(floor)
     return ((actual.double() - gold.double()).abs().max() / scale).item()
 
 

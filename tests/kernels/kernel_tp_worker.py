@@ -72,9 +72,10 @@ def _check_case(rank: int, backend: str, dtype, input_kw: dict, loss_kw: dict, t
         loss2.backward()
     if backend == "triton":
         assert (fwd.calls, bwd.calls) == (1, 0), (fwd.calls, bwd.calls)
-    assert rel_err(loss2, loss1) < tol, (backend, loss2, loss1)
+    # relative above 1, absolute below: the loss and mean KL are signed sums that can cancel
+    assert rel_err(loss2, loss1, floor=1.0) < tol, (backend, loss2, loss1)
     for key in stats1:
-        assert rel_err(stats2[key], stats1[key]) < tol, (backend, key)
+        assert rel_err(stats2[key], stats1[key], floor=1.0) < tol, (backend, key)
     assert rel_err(_gather_vocab(x.grad), grad1) < tol, backend
 
     temperature = loss_kw.get("temperature", 1.0)

@@ -1,5 +1,6 @@
 """Triton grpo_loss / token_logprobs (interpreted) against a float64 evaluation of the reference."""
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -20,10 +21,13 @@ def _triton_path():
 def check_fp32(inp, **kw):
     gold = gold_loss(inp, **kw)
     got = run_loss(grpo_loss, inp, inp.logits, **kw)
-    assert rel_err(got[0], gold[0]) < FP32_TOL, (got[0], gold[0])
+    # the loss sums O(1) terms of both signs and can cancel to ~1e-3: relative above 1, absolute below
+    assert rel_err(got[0], gold[0], floor=1.0) < FP32_TOL, (got[0], gold[0])
     for key in STAT_KEYS:
         assert got[1][key].dtype == torch.float32 and not got[1][key].requires_grad
-        assert rel_err(got[1][key], gold[1][key]) < FP32_TOL, key
+        # relative for O(1) stats; absolute below 1: mean KL (~1e-2, and k1's signed mean can cancel to ~1e-4)
+        # is a difference of fp32 log-probs of size ~10, so it carries their ~1e-6 absolute rounding
+        assert rel_err(got[1][key], gold[1][key], floor=1.0) < FP32_TOL, key
     assert rel_err(got[2], gold[2]) < FP32_TOL
     return got, gold
 
@@ -31,7 +35,7 @@ def check_fp32(inp, **kw):
 @pytest.mark.parametrize("loss_agg,kl_estimator", itertools.product(
     ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"], ["k1", "k2", "k3"]))
 def test_every_aggregation_and_kl_estimator(loss_agg, kl_estimator):
-    inp = make_inputs(3, 6, 100, seed=hash((loss_agg, kl_estimator)) % 1000, empty_rows=(1,))
+    inp = make_inputs(3, 6, 100, seed=zlib.crc32(f"{loss_agg}{kl_estimator}".encode()) % 1000, empty_rows=(1,))
     check_fp32(inp, loss_agg=loss_agg, kl_estimator=kl_estimator, kl_coef=0.3)
 
 

@@ -1,0 +1,104 @@
+"""Benchmark the fused GRPO loss against eager PyTorch, torch.compile and Liger-Kernel (where installed).
+
+    python benchmarks/bench_grpo_loss.py                 # GPU: N=16384 × V=151936 bf16 + a V sweep
+    python benchmarks/bench_grpo_loss.py --device cpu    # small shapes (Triton provider needs TRITON_INTERPRET=1)
+
+Times forward, backward and both; peak extra memory; % of the bandwidth floor (1 pass over the logits
+forward, 2 backward, 3 in all) from the copy bandwidth measured on the same device.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import Case, common_parser, compiled, run_benchmark, select_providers, triton_runs_on  # noqa: E402
+
+from r1_megatron.kernels import grpo_loss, reference  # noqa: E402
+
+LOSS_KW = dict(clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.04, temperature=1.0)
+
+
+def make_case(B: int, T: int, V: int, dtype: torch.dtype, device: str) -> Case:
+    def make():
+        g = torch.Generator(device=device).manual_seed(0)
+        logits = torch.randn(B, T, V, generator=g, device=device).to(dtype).requires_grad_()
+        targets = torch.randint(0, V, (B, T), generator=g, device=device)
+        old = -torch.rand(B, T, generator=g, device=device) * 5 - 8
+        ref = old + 0.1 * torch.randn(B, T, generator=g, device=device)
+        adv = torch.randn(B, generator=g, device=device)
+        mask = torch.ones(B, T, device=device)  # every token counts: no provider gets to skip rows
+        return dict(logits=logits, targets=targets, old=old, ref=ref, adv=adv, mask=mask)
+
+    label = {"N": B * T, "V": V, "dtype": str(dtype).removeprefix("torch.")}
+    return Case(label, make, B * T * V * dtype.itemsize, {"fwd": 1, "bwd": 2, "fwd+bwd": 3})
+
+
+def _ours(fn):
+    def run(x):
+        loss, _ = fn(x["logits"], x["targets"], x["old"], x["ref"], x["adv"], x["mask"], **LOSS_KW)
+        return loss
+    return run
+
+
+def liger_provider(skipped: dict):
+    """Liger's triton_grpo_loss (DAPO-style token mean), or None with the reason recorded."""
+    try:
+        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
+    except Exception as exc:
+        skipped["liger"] = f"liger_kernel not importable ({type(exc).__name__}: {exc})"[:300]
+        return None
+    params = inspect.signature(triton_grpo_loss).parameters
+    extra = {k: v for k, v in dict(loss_type="grpo", reduce=True).items() if k in params}
+
+    def run(x):
+        # Liger takes logits of T+1 positions and drops the last one: pad one position (outside its kernel)
+        logits = torch.cat([x["logits"], x["logits"][:, -1:]], dim=1) if "padded" not in x else x["padded"]
+        out = triton_grpo_loss(logits, x["old"], x["ref"], x["targets"], x["adv"], x["mask"],
+                               temperature=LOSS_KW["temperature"], beta=LOSS_KW["kl_coef"],
+                               eps_low=LOSS_KW["clip_eps_low"], eps_high=LOSS_KW["clip_eps_high"], inplace=True,
+                               **extra)
+        loss = out[0] if isinstance(out, tuple) else out
+        return loss if loss.dim() == 0 else (loss * x["mask"]).sum() / x["mask"].sum()
+    return run
+
+
+def providers(device: str, skipped: dict) -> dict:
+    found = {"eager": _ours(reference.grpo_loss)}
+    eager_compiled = compiled(reference.grpo_loss, skipped)
+    if eager_compiled is not None:
+        found["compile"] = _ours(eager_compiled)
+    if triton_runs_on(device, skipped):
+        found["triton"] = _ours(grpo_loss)
+    if device == "cuda":
+        liger = liger_provider(skipped)
+        if liger is not None:
+            found["liger"] = liger
+    else:
+        skipped.setdefault("liger", "Liger-Kernel runs on CUDA only")
+    return found
+
+
+def cases(args) -> list[Case]:
+    if args.tiny:
+        return [make_case(2, 2, 64, torch.float32, args.device)]
+    if args.device == "cpu":
+        return [make_case(2, 8, V, torch.float32, args.device) for V in (256, 1000)]
+    headline = [make_case(16, 1024, 151936, torch.bfloat16, "cuda")]
+    sweep = [make_case(16, 1024, V, torch.bfloat16, "cuda") for V in (32000, 65536, 129280, 262144)]
+    return headline + sweep
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = common_parser(__doc__.splitlines()[0]).parse_args(argv)
+    skipped: dict[str, str] = {}
+    chosen = select_providers(providers(args.device, skipped), args, skipped)
+    repeats = args.repeats or (1 if args.tiny else 3 if args.device == "cpu" else 20)
+    return run_benchmark("grpo_loss", cases(args), chosen, skipped, args, grad_of="logits", repeats=repeats)
+
+
+if __name__ == "__main__":
+    main()
