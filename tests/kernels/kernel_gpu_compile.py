@@ -1,0 +1,114 @@
+"""Compile every Triton kernel for an H100/H200 (sm_90) without a GPU: `python kernel_gpu_compile.py`.
+
+The interpreter runs kernels as numpy, so it cannot see what only the compiler checks (types of loop-carried
+values, int arguments specialised to constexpr 1, constexpr branches). This compiles each kernel through
+TTIR → PTX → cubin with the specialisations a real launch produces and fails on any error, or on local memory
+(register spills) in the cubin as cuobjdump reports it.
+Must run in a process without TRITON_INTERPRET (the kernels must be real JIT functions).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from r1_megatron.kernels import group_advantage_triton as adv  # noqa: E402
+from r1_megatron.kernels import grpo_loss_triton as loss  # noqa: E402
+from r1_megatron.kernels import rmsnorm_triton as norm  # noqa: E402
+from r1_megatron.kernels import softmax_stats_triton as stats  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+F32 = "*fp32"
+ALIGNED = ("ptr", "stride", "V_local", "H")  # 16-divisible at real launches (aligned buffers, V % 16 == 0)
+
+VOCAB_PARTIALS = dict(logits_ptr="*bf16", stride_b="i64", stride_t="i64", T="i32", targets_ptr="*i64",
+                      partials_ptr=F32, V_local="i32", vocab_start="i32", inv_temp="fp32")
+LOGPROB = dict(partials_ptr=F32, logp_ptr=F32, N="i32", TP="i32")
+TOKEN_LOSS = dict(partials_ptr=F32, N="i32", TP="i32", T="i32", old_ptr=F32, ref_ptr=F32, adv_ptr=F32,
+                  adv_stride_b="i32", adv_stride_t="i32", mask_ptr="*i1", logp_ptr=F32, logz_ptr=F32,
+                  dloss_ptr=F32, row_sums_ptr=F32, clip_low="fp32", clip_high="fp32", dual_clip="fp32",
+                  kl_coef="fp32")
+LOGITS_GRAD = dict(logits_ptr="*bf16", stride_b="i64", stride_t="i64", grad_ptr="*bf16", gstride_b="i64",
+                   gstride_t="i64", T="i32", targets_ptr="*i64", logz_ptr=F32, dloss_ptr=F32, weight_ptr=F32,
+                   grad_out_ptr=F32, V_local="i32", vocab_start="i32", inv_temp="fp32")
+GROUP_ADV = dict(rewards_ptr=F32, adv_ptr=F32, status_ptr="*i64", n_groups="i32", group_size="i32", eps="fp32")
+NORM_FWD = dict(x_ptr="*bf16", x_stride="i32", w_ptr="*fp32", y_ptr="*bf16", y_stride="i32", rstd_ptr=F32, H="i32",
+                eps="fp32")
+NORM_BWD = dict(dy_ptr="*bf16", dy_stride="i32", x_ptr="*bf16", x_stride="i32", w_ptr="*fp32", rstd_ptr=F32,
+                dx_ptr="*bf16", dx_stride="i32", dw_part_ptr=F32, M="i32", H="i32")
+
+
+def jobs():
+    """(kernel, runtime signature, constexprs, int args equal to 1 at launch, num_warps)."""
+    yield stats._vocab_partials_kernel, VOCAB_PARTIALS, dict(BLOCK_V=4096), (), 8
+    yield stats._vocab_partials_kernel, VOCAB_PARTIALS, dict(BLOCK_V=64), ("T",), 4
+    yield stats._logprob_kernel, LOGPROB, dict(BLOCK_N=1024), ("TP",), 4
+    yield stats._logprob_kernel, LOGPROB, dict(BLOCK_N=16), (), 4
+    for has_ref, kind, dual in itertools.product((True,), (1, 2, 3), (True, False)):
+        yield loss._token_loss_kernel, TOKEN_LOSS, dict(HAS_REF=has_ref, ADD_KL=True, KL_KIND=kind, HAS_DUAL=dual,
+                                                        BLOCK_T=1024), (), 4
+    yield loss._token_loss_kernel, TOKEN_LOSS, dict(HAS_REF=False, ADD_KL=False, KL_KIND=3, HAS_DUAL=False,
+                                                    BLOCK_T=1), ("TP", "T", "N", "adv_stride_b"), 4
+    yield loss._logits_grad_kernel, LOGITS_GRAD, dict(BLOCK_V=4096), (), 8
+    yield loss._logits_grad_kernel, LOGITS_GRAD, dict(BLOCK_V=64), ("T",), 4
+    for kind in (0, 1, 2):
+        yield adv._group_advantage_kernel, GROUP_ADV, dict(STD_KIND=kind, BLOCK_G=256, BLOCK_S=16), (), 4
+    yield norm._rms_norm_fwd_kernel, NORM_FWD, dict(BLOCK_H=8192), (), 16
+    yield norm._rms_norm_fwd_kernel, NORM_FWD, dict(BLOCK_H=8), ("H",), 1
+    yield norm._rms_norm_bwd_kernel, NORM_BWD, dict(BLOCK_H=8192), (), 16
+
+
+def compile_for_sm90(fn, runtime_sig: dict, consts: dict, ones: tuple, num_warps: int):
+    names = [p.name for p in fn.params]
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        if name in consts or name in ones:
+            signature[name] = "constexpr"
+            constexprs[(i,)] = consts.get(name, 1)
+        else:
+            signature[name] = runtime_sig[name]
+            if any(tag in name for tag in ALIGNED):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET,
+                          options={"num_warps": num_warps})
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG / STACK / LOCAL of the kernel in `cubin`, from the cuobjdump that ships with triton."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+
+
+def main() -> int:
+    failures = 0
+    for fn, sig, consts, ones, warps in jobs():
+        what = f"{fn.__name__} {consts} ones={ones}"
+        try:
+            usage = resource_usage(compile_for_sm90(fn, sig, consts, ones, warps).asm["cubin"])
+        except Exception as exc:  # report every kernel, then fail
+            failures += 1
+            print(f"FAIL {what}: {type(exc).__name__}: {str(exc)[:2000]}")
+            continue
+        spills = usage.get("LOCAL", 0) > 0 or usage.get("STACK", 0) > 0
+        failures += spills
+        print(f"{'FAIL' if spills else 'ok'} {what} {usage}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
