@@ -4,11 +4,14 @@
     python benchmarks/bench_grpo_loss.py --device cpu    # small shapes (Triton provider needs TRITON_INTERPRET=1)
 
 Times forward, backward and both; peak extra memory; % of the bandwidth floor (1 pass over the logits
-forward, 2 backward, 3 in all) from the copy bandwidth measured on the same device.
+forward, 2 backward, 3 in all) from the copy bandwidth measured on the same device. On a new GPU,
+`--launch-sweep 4096x8,8192x8,8192x16,16384x16` adds a Triton row per vocab chunk × warps configuration
+(the default comes from VocabLaunch.for_vocab).
 """
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import Case, common_parser, compiled, run_benchmark, select_providers, triton_runs_on  # noqa: E402
 
 from r1_megatron.kernels import grpo_loss, reference  # noqa: E402
+from r1_megatron.kernels.backend import LAUNCH_ENV  # noqa: E402
 
 LOSS_KW = dict(clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.04, temperature=1.0)
 
@@ -66,13 +70,30 @@ def liger_provider(skipped: dict):
     return run
 
 
-def providers(device: str, skipped: dict) -> dict:
+def _with_launch(provider, launch: str):
+    """The Triton provider under a forced vocab launch configuration (see VocabLaunch), for --launch-sweep."""
+    def run(x):
+        saved = os.environ.get(LAUNCH_ENV)
+        os.environ[LAUNCH_ENV] = launch
+        try:
+            return provider(x)
+        finally:
+            if saved is None:
+                del os.environ[LAUNCH_ENV]
+            else:
+                os.environ[LAUNCH_ENV] = saved
+    return run
+
+
+def providers(device: str, skipped: dict, launch_sweep: list[str]) -> dict:
     found = {"eager": _ours(reference.grpo_loss)}
     eager_compiled = compiled(reference.grpo_loss, skipped)
     if eager_compiled is not None:
         found["compile"] = _ours(eager_compiled)
     if triton_runs_on(device, skipped):
         found["triton"] = _ours(grpo_loss)
+        for launch in launch_sweep:
+            found[f"triton[{launch}]"] = _with_launch(_ours(grpo_loss), launch)
     if device == "cuda":
         liger = liger_provider(skipped)
         if liger is not None:
@@ -93,9 +114,17 @@ def cases(args) -> list[Case]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = common_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = common_parser(__doc__.splitlines()[0])
+    parser.add_argument("--launch-sweep", default="", help="extra Triton rows per BLOCKxWARPS, e.g. 4096x8,8192x16")
+    args = parser.parse_args(argv)
+    sweep = [launch for launch in args.launch_sweep.split(",") if launch]
+    if sweep:
+        from r1_megatron.kernels.softmax_stats_triton import VocabLaunch  # imports triton: only when asked
+
+        for launch in sweep:
+            VocabLaunch.parse(launch)  # fail fast on a typo
     skipped: dict[str, str] = {}
-    chosen = select_providers(providers(args.device, skipped), args, skipped)
+    chosen = select_providers(providers(args.device, skipped, sweep), args, skipped)
     repeats = args.repeats or (1 if args.tiny else 3 if args.device == "cpu" else 20)
     return run_benchmark("grpo_loss", cases(args), chosen, skipped, args, grad_of="logits", repeats=repeats)
 

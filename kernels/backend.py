@@ -17,6 +17,7 @@ from types import ModuleType
 import torch
 
 FORCE_ENV = "R1_MEGATRON_KERNELS"
+LAUNCH_ENV = "R1_MEGATRON_VOCAB_LAUNCH"  # "BLOCKxWARPS" override of the vocab-streaming kernels' launch
 
 
 class Backend(str, enum.Enum):

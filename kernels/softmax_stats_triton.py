@@ -8,12 +8,13 @@ token; `_combine_partials` folds the TP copies into log Z, log p(target) and the
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .backend import interpreting
+from .backend import LAUNCH_ENV, interpreting
 
 N_PARTIALS = 4  # m, sum-exp, sum-exp-weighted-deviation, target logit
 _NEG_BIG: tl.constexpr = tl.constexpr(-1.0e30)  # finite "-inf" start for the running max: keeps (m_old - m_new) * 0 from producing NaN
@@ -28,6 +29,9 @@ class VocabLaunch:
 
     @staticmethod
     def for_vocab(v_local: int) -> "VocabLaunch":
+        override = os.environ.get(LAUNCH_ENV)
+        if override:  # e.g. "8192x16": lets benchmarks sweep configurations on a new GPU without code changes
+            return VocabLaunch.parse(override)
         if interpreting():
             # numpy runs a whole chunk at once; quarter-width chunks still exercise the multi-chunk path in tests
             return VocabLaunch(min(max(triton.next_power_of_2(v_local) // 4, 16), 32768), 1)
@@ -35,6 +39,16 @@ class VocabLaunch:
         # at HBM speed without register spills; small vocabularies shrink the chunk instead of masking it.
         block = min(triton.next_power_of_2(v_local), 4096)
         return VocabLaunch(block, 8 if block >= 2048 else 4)
+
+    @staticmethod
+    def parse(text: str) -> "VocabLaunch":
+        try:
+            block, warps = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"{LAUNCH_ENV}={text!r}: expected BLOCKxWARPS, e.g. 8192x16") from None
+        if block & (block - 1) or warps & (warps - 1) or not (16 <= block <= 65536 and 1 <= warps <= 32):
+            raise ValueError(f"{LAUNCH_ENV}={text!r}: BLOCK a power of 2 in [16, 65536], WARPS in 1..32")
+        return VocabLaunch(block, warps)
 
 
 @triton.jit

@@ -30,3 +30,19 @@ def test_benchmark_runs_on_cpu(name, modes, tmp_path, capsys):
     assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("eager", "triton") for m in modes}
     assert all(r["ms"] > 0 and 0 < r["pct_of_floor"] for r in rows)
     assert "provider" in capsys.readouterr().out  # the table was printed
+
+
+def test_launch_sweep_rows_use_the_forced_configuration(tmp_path, monkeypatch):
+    from r1_megatron.kernels.softmax_stats_triton import VocabLaunch
+
+    seen = []
+    monkeypatch.setattr(VocabLaunch, "parse", staticmethod(lambda text, _parse=VocabLaunch.parse: (
+        seen.append(text), _parse(text))[1]))
+    out = tmp_path / "sweep.json"
+    _load("bench_grpo_loss").main(["--device", "cpu", "--tiny", "--providers", "triton,triton[32x1]",
+                                   "--launch-sweep", "32x1", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert {r["provider"] for r in rows} == {"triton", "triton[32x1]"}
+    assert seen.count("32x1") > 1  # validated once up front, then used by every launch of the sweep row
+    with pytest.raises(ValueError, match="R1_MEGATRON_VOCAB_LAUNCH='100x3'"):
+        VocabLaunch.parse("100x3")
