@@ -8,7 +8,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 NAME = "r1_megatron"
 
@@ -31,7 +31,7 @@ def _cuda_extensions():
     ext = CUDAExtension(
         name=f"{NAME}._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-std=c++20"]},
     )
     return [ext], {"build_ext": BuildExtension}
 
@@ -45,7 +45,7 @@ setup(
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[NAME, f"{NAME}.models", f"{NAME}.kernels", f"{NAME}.rewards", f"{NAME}.data"],
+    packages=[NAME, *(f"{NAME}.{p}" for p in find_packages(NAME)), f"{NAME}.kernels"],
     package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},
     package_data={NAME: ["py.typed"]},
     install_requires=[

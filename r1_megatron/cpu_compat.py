@@ -125,6 +125,40 @@ def _patch_megatron() -> None:
         return original_move(tensor, as_numpy=as_numpy, record_stream=record_stream)
 
     token_dispatcher.maybe_move_tensor_to_cpu = move_tensor_to_cpu
+    _patch_distributed_optimizer_load()
+
+
+def _patch_distributed_optimizer_load() -> None:
+    """Two faults of DistributedOptimizer.load_state_dict when Adam is torch's (no Apex/TransformerEngine, as on
+    every CPU machine); torch Adam keeps a per-parameter "step" tensor:
+    (1) it puts "step" into every parameter's state, then copies each state key from the checkpoint's tensors,
+        which never hold "step": KeyError on every fully_reshardable load. Copy with "step" set aside.
+    (2) it assigns one shared step tensor to all parameters, which Adam then increments in place once per
+        parameter: after a resume the bias correction uses step ≈ number of parameters. Give each its own copy.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original_set = DistributedOptimizer._set_main_param_and_optimizer_states
+    original_load = DistributedOptimizer.load_state_dict
+
+    def set_main_param_and_optimizer_states(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None)
+        try:
+            original_set(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    def load_state_dict(self, state_dict):
+        original_load(self, state_dict)
+        for state in self.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_main_param_and_optimizer_states
+    DistributedOptimizer.load_state_dict = load_state_dict
 
 
 def apply() -> None:

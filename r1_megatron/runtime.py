@@ -31,7 +31,7 @@ class ParallelConfig:
     """Model-parallel sizes; the data-parallel size is derived from the world size.
 
     tp: tensor parallel, pp: pipeline parallel, ep: expert parallel, etp: expert tensor parallel (None = tp),
-    sp: sequence parallel (None = on when tp > 1 and the model has MoE layers, which Megatron requires then).
+    sp: sequence parallel (None = on when tp > 1 and the model has MoE or MLA layers, which need it).
     """
 
     tp: int = 1
@@ -64,13 +64,16 @@ class ParallelConfig:
                 f"= {expert_parallel}")
         return world_size // model_parallel
 
-    def sequence_parallel(self, has_moe: bool) -> bool:
+    def sequence_parallel(self, required: bool) -> bool:
+        """Whether SP is on. `required`: the model cannot run TP without it (MoE layers; MLA, whose replicated
+        down projections need sequence-split inputs to reduce the shared rope key's gradient over TP)."""
         if self.sp is None:
-            return self.tp > 1 and has_moe
+            return self.tp > 1 and required
         if self.sp and self.tp == 1:
             raise ValueError("sequence parallel (sp=True) needs tp > 1, got tp=1")
-        if not self.sp and self.tp > 1 and has_moe:
-            raise ValueError(f"MoE layers with tp={self.tp} need sequence parallel; sp=False is not allowed")
+        if not self.sp and self.tp > 1 and required:
+            raise ValueError(f"this model (MoE or MLA layers) with tp={self.tp} needs sequence parallel; "
+                             "sp=False is not allowed")
         return self.sp
 
 

@@ -32,13 +32,13 @@ def test_bad_sizes(kwargs, message):
 
 
 def test_sequence_parallel_rules():
-    assert ParallelConfig(tp=2).sequence_parallel(has_moe=True) is True
-    assert ParallelConfig(tp=2).sequence_parallel(has_moe=False) is False
-    assert ParallelConfig().sequence_parallel(has_moe=True) is False
+    assert ParallelConfig(tp=2).sequence_parallel(required=True) is True
+    assert ParallelConfig(tp=2).sequence_parallel(required=False) is False
+    assert ParallelConfig().sequence_parallel(required=True) is False
     with pytest.raises(ValueError, match="sp=True\\) needs tp > 1"):
-        ParallelConfig(sp=True).sequence_parallel(has_moe=False)
-    with pytest.raises(ValueError, match="MoE layers with tp=2 need sequence parallel"):
-        ParallelConfig(tp=2, sp=False).sequence_parallel(has_moe=True)
+        ParallelConfig(sp=True).sequence_parallel(required=False)
+    with pytest.raises(ValueError, match="with tp=2 needs sequence parallel"):
+        ParallelConfig(tp=2, sp=False).sequence_parallel(required=True)
 
 
 def test_same_seed_same_model_and_forward():

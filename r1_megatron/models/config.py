@@ -178,6 +178,11 @@ class ModelConfig:
     def has_moe(self) -> bool:
         return self.moe is not None and self.moe.first_k_dense < self.num_layers
 
+    @property
+    def needs_sequence_parallel(self) -> bool:
+        """Tensor parallelism of MoE and MLA layers is only correct with sequence parallelism."""
+        return self.has_moe or self.mla is not None
+
 
 def _common_kwargs(model: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype) -> dict:
     on_gpu = torch.cuda.is_available()
@@ -190,8 +195,10 @@ def _common_kwargs(model: ModelConfig, parallel: ParallelConfig, dtype: torch.dt
         # A dense model on an expert-parallel layout simply uses those ranks as data parallel.
         expert_model_parallel_size=parallel.ep if model.has_moe else 1,
         expert_tensor_parallel_size=parallel.expert_tp if model.has_moe else None,
-        sequence_parallel=parallel.sequence_parallel(model.has_moe),
+        sequence_parallel=parallel.sequence_parallel(model.needs_sequence_parallel),
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, pipeline_dtype=dtype,
+        # Losses return (sum, unit count); gradients are divided by the global count (r1_megatron.training.step).
+        calculate_per_token_loss=True,
         # CPU init is identical on every layout (the weights are made whole, then split), which cross-layout
         # tests rely on; on GPU, init on the device.
         use_cpu_initialization=not on_gpu,

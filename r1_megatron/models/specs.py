@@ -5,6 +5,7 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.models.gpt.gpt_layer_specs import get_mlp_module_spec_for_backend
 from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec_for_backend
+from megatron.core.post_training.modelopt.layers import Linear as ReplicatedLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.multi_latent_attention import MLASelfAttention, MLASelfAttentionSubmodules
@@ -39,9 +40,14 @@ def _attention_spec(model: ModelConfig, backend: R1SpecProvider) -> ModuleSpec:
                                              linear_proj=linear_out)
         return ModuleSpec(module=SelfAttention, params={"attn_mask_type": AttnMaskType.causal}, submodules=submodules)
     latent_norm = ModuleSpec(module=RMSNorm, params={"eps_override": model.mla.latent_norm_eps})
+    # The down projections are replicated over TP (as TransformerEngine's "duplicated" linear is), not column-
+    # parallel: with a column-parallel kv down projection, megatron-core 0.16.1 leaves the shared rope key
+    # k_pos_emb behind gather_from_tensor_model_parallel_region, whose backward drops the other TP ranks' heads'
+    # gradient. Replicated, the input stays sequence-parallel and k_pos_emb is gathered from the sequence-parallel
+    # region, whose backward reduce-scatters. Found by tests/parallel/test_layouts_training.py.
     submodules = MLASelfAttentionSubmodules(
-        linear_q_proj=linear_in, linear_q_down_proj=linear_in, linear_q_up_proj=linear_in,
-        linear_kv_down_proj=linear_in, linear_kv_up_proj=linear_in, core_attention=backend.core_attention(),
+        linear_q_proj=linear_in, linear_q_down_proj=ReplicatedLinear, linear_q_up_proj=linear_in,
+        linear_kv_down_proj=ReplicatedLinear, linear_kv_up_proj=linear_in, core_attention=backend.core_attention(),
         linear_proj=linear_out, q_layernorm=latent_norm, kv_layernorm=latent_norm)
     return ModuleSpec(module=MLASelfAttention, params={"attn_mask_type": AttnMaskType.causal}, submodules=submodules)
 

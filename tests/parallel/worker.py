@@ -11,9 +11,14 @@ from pathlib import Path
 
 import torch
 
+from megatron.core import parallel_state
+
 from r1_megatron.models import load_hf, logits
 from r1_megatron.parallel import initialize
 from r1_megatron.runtime import seed_everything
+from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1_megatron.training.step import unwrap
+from tests.parallel import training_fixtures as tf
 
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
@@ -38,7 +43,62 @@ def logits_scenario(workdir: Path, layouts: str) -> dict:
     return out
 
 
-SCENARIOS = {"logits": logits_scenario}
+def _dp() -> tuple[int, int]:
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+
+
+def train_scenario(workdir: Path, runs: str) -> dict:
+    """runs: comma-separated LAYOUT:DISTOPT. One fp32 step per run, compared with the single-process update
+    (workdir/expected); then 3 bf16 steps at TP2+EP2 whose losses must fall."""
+    out = {}
+    for run in runs.split(","):
+        layout, distopt = run.split(":")
+        initialize(**LAYOUTS[layout])
+        seed_everything(0)
+        trainer = tf.setup(workdir / "ckpt", distributed_optimizer=distopt == "1")
+        result = tf.step(trainer, 0, *_dp())
+        out[run] = {"loss": result.loss, "grad_norm": result.grad_norm,
+                    "max_diff": tf.max_param_diff(trainer[0], load_hf(workdir / "expected"))}
+    initialize(**LAYOUTS["tp2ep2"])
+    trainer = tf.setup(workdir / "ckpt", dtype=torch.bfloat16, distributed_optimizer=True)
+    out["bf16_losses"] = [tf.step(trainer, 0, *_dp()).loss for _ in range(3)]
+    return out
+
+
+def save_scenario(workdir: Path, layout: str) -> dict:
+    """Step 0, checkpoint, then step 1 uninterrupted; logits after each step go to workdir (from rank 0)."""
+    initialize(**LAYOUTS[layout])
+    seed_everything(0)
+    trainer = tf.setup(workdir / "ckpt", distributed_optimizer=True)
+    ids = torch.load(workdir / "probe.pt")
+    tf.step(trainer, 0, *_dp())
+    after_0 = logits(unwrap(trainer[0]), ids)
+    torch.save(tf.global_shards(trainer[0]), workdir / f"saved-params-rank{RANK}.pt")
+    save_checkpoint(workdir / "run", 1, *trainer, user_state={"next_step": 1})
+    tf.step(trainer, 1, *_dp())
+    after_1 = logits(unwrap(trainer[0]), ids)
+    if RANK == 0:
+        torch.save({"after_0": after_0, "after_1": after_1}, workdir / "saved_logits.pt")
+    return {}
+
+
+def resume_scenario(workdir: Path, layout: str) -> dict:
+    """Load the saved checkpoint at another layout: logits as saved, and the next step as the uninterrupted one."""
+    initialize(**LAYOUTS[layout])
+    seed_everything(1)  # a different seed: everything that matters must come from the checkpoint
+    trainer = tf.setup(workdir / "ckpt", distributed_optimizer=True)
+    info = load_checkpoint(latest_checkpoint(workdir / "run"), *trainer)
+    want = torch.load(workdir / "saved_logits.pt")
+    ids = torch.load(workdir / "probe.pt")
+    saved = tf.assemble([torch.load(f) for f in sorted(workdir.glob("saved-params-rank*.pt"))])
+    weights = tf.max_diff_to_whole(trainer[0], saved)
+    loaded = (logits(unwrap(trainer[0]), ids) - want["after_0"]).abs().max().item()
+    tf.step(trainer, info.user_state["next_step"], *_dp())
+    next_step = (logits(unwrap(trainer[0]), ids) - want["after_1"]).abs().max().item()
+    return {"weights_diff": weights, "logits_diff": loaded, "next_step_diff": next_step, "step": info.step}
+
+
+SCENARIOS = {"logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])

@@ -1,0 +1,131 @@
+"""One optimizer step over several micro-batches through Megatron's pipeline schedule.
+
+Loss normalisation is global: a loss function returns (sum over its units, unit count) per micro-batch, Megatron
+sums the gradients over micro-batches and data-parallel ranks (`calculate_per_token_loss`) and finalize_model_grads
+divides by the unit count of the whole global batch. So the same data gives the same gradient whatever the
+micro-batch count and the data-parallel size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from r1_megatron.models.logits import position_ids_like
+
+LossFn = Callable[[torch.Tensor, dict], tuple[torch.Tensor, torch.Tensor]]
+
+
+def unwrap(model):
+    """The R1GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def build_ddp(model, *, distributed_optimizer: bool = False):
+    """Megatron DDP (fp32 gradient buffers) around the model; bf16/fp16 models go through Float16Module first."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    config = model.config
+    if config.bf16 or config.fp16:
+        model = Float16Module(config, model)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                               use_distributed_optimizer=distributed_optimizer)
+    return DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+
+
+def connect_schedule(ddp_model, optimizer) -> None:
+    """Hooks the pipeline schedule calls: gradient finalisation (DP/SP/embedding all-reduces, expert-bias update,
+    division by the global unit count), loss scaling and DDP's no-sync context."""
+    from megatron.core.distributed import finalize_model_grads
+
+    config = ddp_model.config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = ddp_model.no_sync
+
+
+@dataclass
+class StepResult:
+    loss: float  # global (all micro-batches, all DP ranks) loss sum / unit count
+    units: int  # the global unit count (tokens, sequences, ...) the loss function reported
+    grad_norm: float
+    lr: float
+    updated: bool  # False when the optimizer skipped the step (non-finite gradients)
+
+
+def pad_to_multiple(batch: dict, multiple: int) -> dict:
+    """Right-pad every [B, T] tensor of a micro-batch so T is a multiple of `multiple` (sequence parallelism splits
+    T over TP ranks); padded positions carry zeros, so a zero loss mask keeps them out of the loss."""
+    T = batch["input_ids"].shape[1]
+    pad = (-T) % multiple
+    if pad == 0:
+        return batch
+    return {k: F.pad(v, (0, pad)) if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == T else v
+            for k, v in batch.items()}
+
+
+def _check_micro_batches(micro_batches: list[dict]) -> tuple[int, int]:
+    if not micro_batches:
+        raise ValueError("train_step needs at least one micro-batch")
+    shapes = {tuple(mb["input_ids"].shape) for mb in micro_batches}
+    if len(shapes) != 1:
+        raise ValueError(f"all micro-batches of a step must have one [B, T] shape (pad them), got {sorted(shapes)}")
+    return shapes.pop()
+
+
+def _global_loss(records: list[dict]) -> tuple[float, int]:
+    """Σ loss / Σ units over this step's micro-batches and data-parallel ranks, known on every rank."""
+    from megatron.core import parallel_state
+
+    totals = torch.zeros(2, dtype=torch.float64)
+    for record in records:  # filled on the last pipeline stage only
+        totals += torch.stack([record["loss_sum"].double().cpu(), record["units"].double().cpu()])
+    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(totals, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                                    group=parallel_state.get_pipeline_model_parallel_group())
+    return (totals[0] / totals[1].clamp(min=1)).item(), int(totals[1].item())
+
+
+def _forward_step(loss_fn: LossFn):
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        ids_BT = batch["input_ids"]
+        output = model(ids_BT, position_ids_like(ids_BT), None)  # last stage: logits [B, T, V_local]
+
+        def loss_func(logits_BTV):
+            loss_sum, units = loss_fn(logits_BTV, batch)
+            units = units.to(torch.int)
+            return loss_sum, units, {"loss_sum": loss_sum.detach().clone(), "units": units.detach().clone()}
+
+        return output, loss_func
+
+    return forward_step
+
+
+def train_step(ddp_model, optimizer, scheduler, micro_batches: list[dict], loss_fn: LossFn) -> StepResult:
+    """Forward/backward over `micro_batches` (this data-parallel rank's share of the global batch) and one
+    optimizer + LR-scheduler step. Each micro-batch is a dict of [B, T] tensors with at least "input_ids"."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    config = ddp_model.config
+    if config.sequence_parallel:
+        micro_batches = [pad_to_multiple(mb, config.tensor_model_parallel_size) for mb in micro_batches]
+    B, T = _check_micro_batches(micro_batches)
+    ddp_model.train()
+    ddp_model.zero_grad_buffer()
+    optimizer.zero_grad()
+    records = get_forward_backward_func()(
+        forward_step_func=_forward_step(loss_fn), data_iterator=iter(micro_batches), model=[ddp_model],
+        num_microbatches=len(micro_batches), seq_length=T, micro_batch_size=B, forward_only=False)
+    updated, grad_norm, _ = optimizer.step()
+    if updated:
+        scheduler.step(increment=1)
+    loss, units = _global_loss(records)
+    return StepResult(loss=loss, units=units, grad_norm=float(grad_norm or 0.0),
+                      lr=optimizer.param_groups[0]["lr"], updated=bool(updated))
