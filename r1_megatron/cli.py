@@ -14,7 +14,19 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--batch", type=int, default=4)
     forward.add_argument("--seq-len", type=int, default=32)
     forward.add_argument("--seed", type=int, default=0)
+    export = commands.add_parser("export", help="write a training checkpoint's model as an HF directory")
+    export.add_argument("--ckpt", required=True, help="a checkpoint directory, or a run's checkpoint root")
+    export.add_argument("--out", required=True, help="HF directory to write (replaced atomically)")
+    export.add_argument("--tokenizer", default=None, help="directory whose tokenizer files to copy alongside")
     return parser
+
+
+def _export(args) -> int:
+    from r1_megatron.training.checkpoint import export_checkpoint_to_hf
+
+    out = export_checkpoint_to_hf(args.ckpt, args.out, tokenizer_dir=args.tokenizer)
+    print(f"exported {args.ckpt} -> {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "info":
             from r1_megatron.info import main as run
+        elif args.command == "export":
+            run = _export
         else:
             from r1_megatron.forward_check import main as run
         return run(args)

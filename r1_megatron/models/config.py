@@ -6,6 +6,7 @@ qk_layernorm, plain-rope MLA must not get YaRN's mscale, RMSNorm eps, rope_theta
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -174,6 +175,18 @@ class ModelConfig:
         if self.rope.scaling is RopeScaling.LLAMA3 and is_dsv3:
             raise ValueError("ModelConfig: llama3 rope scaling is not valid for deepseek_v3")
 
+    def to_dict(self) -> dict:
+        """JSON-able form (enums as their values), e.g. for checkpoint metadata."""
+        return json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        data["rope"] = RopeConfig(**data.get("rope", {}))
+        data["mla"] = MLAConfig(**data["mla"]) if data.get("mla") else None
+        data["moe"] = MoEConfig(**data["moe"]) if data.get("moe") else None
+        return cls(**data)
+
     @property
     def has_moe(self) -> bool:
         return self.moe is not None and self.moe.first_k_dense < self.num_layers
@@ -182,6 +195,14 @@ class ModelConfig:
     def needs_sequence_parallel(self) -> bool:
         """Tensor parallelism of MoE and MLA layers is only correct with sequence parallelism."""
         return self.has_moe or self.mla is not None
+
+
+def json_ready(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    return value
 
 
 def _common_kwargs(model: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype) -> dict:

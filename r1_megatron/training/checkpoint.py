@@ -170,6 +170,8 @@ class CheckpointInfo:
     layout: dict
     world_size: int
     user_state: dict
+    model_config: dict
+    dtype: str
 
 
 def _barrier() -> None:
@@ -183,12 +185,12 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, scheduler, user_state: dict | None = None,
-                    model_config: dict | None = None) -> Path:
+def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, scheduler,
+                    user_state: dict | None = None) -> Path:
     """Collectively save a checkpoint of step `step` under `root`; returns its directory.
 
     Written under a partial name and renamed into place only when every rank has finished; `latest` moves last.
-    `model_config` (a JSON-able dict) lets `r1-megatron export` rebuild the model without the run's config.
+    The model's config and dtype are recorded so that `r1-megatron export` can rebuild the model on its own.
     """
     from megatron.core import dist_checkpointing
 
@@ -204,9 +206,11 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, schedu
     dist_checkpointing.save(_sharded_state(model, optimizer, with_rng=True)[0], str(partial))
     if dist.get_rank() == 0:
         layout = current_parallel_config()
+        core = unwrap(model)
         meta = {"step": step, "scheduler": scheduler.state_dict(), "user_state": user_state or {},
                 "layout": asdict(layout) if layout else {}, "world_size": dist.get_world_size(),
-                "model_config": model_config}
+                "model_config": core.model_config.to_dict(),
+                "dtype": str(core.config.params_dtype).removeprefix("torch.")}
         (partial / _META).write_text(json.dumps(meta, default=str))
     _barrier()
     if dist.get_rank() == 0:
@@ -241,7 +245,7 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         raise FileNotFoundError(f"{path}: not a complete r1_megatron checkpoint (no {_META})")
     meta = json.loads(meta_file.read_text())
     return CheckpointInfo(step=meta["step"], path=path, layout=meta["layout"], world_size=meta["world_size"],
-                          user_state=meta["user_state"])
+                          user_state=meta["user_state"], model_config=meta["model_config"], dtype=meta["dtype"])
 
 
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None) -> CheckpointInfo:
@@ -255,7 +259,9 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     layout = current_parallel_config()
     same_layout = info.world_size == dist.get_world_size() and info.layout == (asdict(layout) if layout else {})
     saved_step = dist_checkpointing.load_common_state_dict(str(path))["optimizer"]["step"] if optimizer else None
-    sharded, canonical = _sharded_state(model, optimizer, with_rng=same_layout and optimizer is not None,
+    if not saved_step:  # never stepped: the checkpoint holds no optimizer state, a fresh optimizer is the same
+        optimizer = None
+    sharded, canonical = _sharded_state(model, optimizer, with_rng=same_layout and saved_step is not None,
                                         saved_step=saved_step)
     state = dist_checkpointing.load(sharded, str(path))
     unwrap(model).load_state_dict(state["model"])
@@ -265,7 +271,28 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
         scheduler.load_state_dict(json.loads((Path(path) / _META).read_text())["scheduler"])
     if "rng" in state:
         _set_rng_state(state["rng"])
-    elif optimizer is not None:
+    elif saved_step is not None:
         log.warning("checkpoint %s was saved at layout %s (world %d); RNG states are not restored at this layout",
                     path, info.layout, info.world_size)
     return info
+
+
+def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
+                            tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write the model of a checkpoint (a checkpoint directory, or a run's checkpoint root: its latest complete
+    checkpoint) as an HF directory. Runs in one process at TP1/PP1/EP1, whatever layout saved it."""
+    import torch
+
+    from r1_megatron.models import ModelConfig, build_model, save_hf
+    from r1_megatron.runtime import initialize_parallel
+
+    path = Path(checkpoint)
+    if not (path / _META).is_file():
+        path = latest_checkpoint(path)
+        if path is None:
+            raise FileNotFoundError(f"{checkpoint}: no complete checkpoint (no {_META}, no 'latest')")
+    info = read_checkpoint_info(path)
+    initialize_parallel()
+    model = build_model(ModelConfig.from_dict(info.model_config), dtype=getattr(torch, info.dtype))
+    load_checkpoint(path, model)
+    return save_hf(model, out, tokenizer_dir=tokenizer_dir)

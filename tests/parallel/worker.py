@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,8 +21,8 @@ from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, 
 from r1_megatron.training.step import unwrap
 from tests.parallel import training_fixtures as tf
 
-RANK = int(os.environ["RANK"])
-WORLD = int(os.environ["WORLD_SIZE"])
+RANK = int(os.environ.get("RANK", 0))  # also runs as one plain process
+WORLD = int(os.environ.get("WORLD_SIZE", 1))
 LAYOUTS = {  # name -> initialize() kwargs
     "tp2": dict(tp=2), "ep2": dict(ep=2), "tp2ep2": dict(tp=2, ep=2, etp=1), "pp2": dict(pp=2),
     "pp2ep2": dict(pp=2, ep=2, etp=1), "dp2": dict(), "tp1": dict(),
@@ -98,7 +99,26 @@ def resume_scenario(workdir: Path, layout: str) -> dict:
     return {"weights_diff": weights, "logits_diff": loaded, "next_step_diff": next_step, "step": info.step}
 
 
-SCENARIOS = {"logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
+def run_scenario(workdir: Path, total_steps: str, save_at: str, hang_after_save: str = "0") -> dict:
+    """Train to `total_steps`, resuming from workdir/run if it holds a checkpoint; checkpoint after the steps in
+    `save_at`. With hang_after_save=1, touch workdir/saved after the first save and keep training until killed."""
+    initialize()
+    seed_everything(0)
+    trainer = tf.setup(workdir / "ckpt", distributed_optimizer=True)
+    latest = latest_checkpoint(workdir / "run")
+    start = load_checkpoint(latest, *trainer).user_state["next_step"] if latest else 0
+    saves = {int(x) for x in save_at.split(",") if x}
+    for step in range(start, int(total_steps) if hang_after_save == "0" else 10**9):
+        tf.step(trainer, step, *_dp())
+        if step + 1 in saves:
+            save_checkpoint(workdir / "run", step + 1, *trainer, user_state={"next_step": step + 1})
+            if hang_after_save == "1":
+                (workdir / "saved").touch()
+    torch.save(tf.global_shards(trainer[0]), workdir / f"final-rank{RANK}.pt")
+    return {"start": start}
+
+
+SCENARIOS = {"run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])

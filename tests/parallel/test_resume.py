@@ -1,0 +1,111 @@
+"""Resume after kill -9 loses nothing, a crash during save never costs the previous checkpoint, and any
+checkpoint exports to an HF directory that transformers loads."""
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.models import hf_fixtures
+from tests.parallel.launch import ROOT
+
+WORKER = [sys.executable, str(ROOT / "tests" / "parallel" / "worker.py")]
+
+
+def run(workdir, *args, wait=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    proc = subprocess.Popen([*WORKER, "run", str(workdir), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-8000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume") / "ckpt"
+    hf_fixtures.deepseek_v3().save_pretrained(path)
+    return path
+
+
+def test_resume_after_sigkill_is_bit_identical(ckpt_dir, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for d in (straight, killed):
+        d.mkdir()
+        (d / "ckpt").symlink_to(ckpt_dir)
+    run(straight, "6", "")
+    proc = run(killed, "6", "3", "1", wait=False)
+    deadline = time.time() + 300
+    while not (killed / "saved").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run to be killed ended before its checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it get into step 4 (nothing of which may survive)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    run(killed, "6", "")
+    a, b = torch.load(straight / "final-rank0.pt"), torch.load(killed / "final-rank0.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name][1], b[name][1]), name
+
+
+def _trainer(ckpt_dir):
+    from r1_megatron.runtime import ensure_parallel_state, seed_everything
+    from tests.parallel import training_fixtures as tf
+
+    ensure_parallel_state()
+    seed_everything(0)
+    return tf.setup(ckpt_dir)
+
+
+def test_crash_during_save_keeps_previous_checkpoint(ckpt_dir, tmp_path, monkeypatch, caplog):
+    from megatron.core import dist_checkpointing
+
+    from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    trainer = _trainer(ckpt_dir)
+    good = save_checkpoint(tmp_path / "run", 1, *trainer, user_state={"next_step": 1})
+
+    def crash_midway(state, directory, *args, **kwargs):
+        (directory and open(os.path.join(directory, "half-written.distcp"), "w").write("x"))
+        raise RuntimeError("node lost power")
+
+    monkeypatch.setattr(dist_checkpointing, "save", crash_midway)
+    with pytest.raises(RuntimeError, match="node lost power"):
+        save_checkpoint(tmp_path / "run", 2, *trainer, user_state={"next_step": 2})
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        found = latest_checkpoint(tmp_path / "run")
+    assert found == good
+    assert "ignoring partial checkpoint" in caplog.text and ".partial-step_00000002" in caplog.text
+    assert load_checkpoint(found, *_trainer(ckpt_dir)).user_state == {"next_step": 1}
+    # The next successful save clears the partial one.
+    save_checkpoint(tmp_path / "run", 2, *trainer)
+    assert not list((tmp_path / "run").glob(".partial-*"))
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000002"
+
+
+def test_export_command_writes_an_hf_model(ckpt_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from r1_megatron.cli import main
+    from r1_megatron.models import logits
+    from r1_megatron.training.checkpoint import save_checkpoint
+    from r1_megatron.training.step import unwrap
+    from tests.parallel import training_fixtures as tf
+
+    trainer = _trainer(ckpt_dir)
+    tf.step(trainer, 0, dp_rank=0, dp_size=1)  # the export must carry the trained weights, not the initial ones
+    save_checkpoint(tmp_path / "run", 1, *trainer)
+    assert main(["export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").float().eval()
+    ids = torch.randint(0, 160, (2, 9), generator=torch.Generator().manual_seed(3))
+    assert (hf(ids).logits - logits(unwrap(trainer[0]), ids)).abs().max().item() <= 1e-5
+    assert main(["export", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
