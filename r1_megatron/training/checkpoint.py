@@ -76,27 +76,14 @@ def _materialize_adam_state(optimizer, step: float) -> None:
                                           exp_avg_sq=torch.zeros_like(p))
 
 
-def _sharded_leaves(tree, path=()):
-    """(path, leaf) for every ShardedTensor / ShardedObject / factory in a nested dict/list."""
-    from megatron.core.dist_checkpointing.mapping import ShardedBase
-
-    if isinstance(tree, ShardedBase):
-        yield path, tree
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _sharded_leaves(value, (*path, key))
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _sharded_leaves(value, (*path, i))
-
-
-def _plain_leaves(tree, path=()):
+def _leaves(tree, path=()):
+    """(path, leaf) for every non-container value of a nested dict/list (sharded tensors are leaves)."""
     if isinstance(tree, dict):
         for key, value in tree.items():
-            yield from _plain_leaves(value, (*path, key))
+            yield from _leaves(value, (*path, key))
     elif isinstance(tree, list):
         for i, value in enumerate(tree):
-            yield from _plain_leaves(value, (*path, i))
+            yield from _leaves(value, (*path, i))
     else:
         yield path, tree
 
@@ -129,9 +116,11 @@ class _CanonicalOptimizerState:
         self.native = optimizer.sharded_state_dict(model_state, is_loading=loading, metadata=_OPTIMIZER_FORMAT)
         # dist_checkpointing matches leaves by their (key, offsets), not by where they sit in the dict, so a flat
         # list is as good as the native nesting (several local experts share one key at different offsets).
-        leaves = list(_sharded_leaves(self.native))
+        from megatron.core.dist_checkpointing.mapping import ShardedBase
+
+        leaves = [(path, leaf) for path, leaf in _leaves(self.native) if isinstance(leaf, ShardedBase)]
         self.paths = [path for path, _ in leaves]
-        steps = {float(v) for path, v in _plain_leaves(self.native) if _is_step(path)}
+        steps = {float(v) for path, v in _leaves(self.native) if _is_step(path)}
         self.sharded = {"tensors": [leaf for _, leaf in leaves], "step": max(steps, default=0.0)}
 
     def restore(self, optimizer, loaded: dict) -> None:
@@ -139,7 +128,7 @@ class _CanonicalOptimizerState:
 
         for path, value in zip(self.paths, loaded["tensors"]):
             _set_path(self.native, path, value)
-        for path, value in list(_plain_leaves(self.native)):
+        for path, value in list(_leaves(self.native)):
             if _is_step(path):
                 _set_path(self.native, path, loaded["step"])
             elif isinstance(value, LocalNonpersistentObject):  # what dist_checkpointing.load would unwrap
