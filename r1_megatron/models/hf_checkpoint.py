@@ -117,11 +117,12 @@ def _load_tensor(target: torch.Tensor, rule: TensorRule, shard: Shard | None, re
     target.copy_(value)
 
 
-def _require_single_rank_layout(what: str) -> None:
+def _require_whole_model() -> None:
     layout = ensure_parallel_state()
     if (layout.tp, layout.pp, layout.ep) != (1, 1, 1):
-        raise ValueError(f"{what} at tp={layout.tp}, pp={layout.pp}, ep={layout.ep}: sharded HF loading and "
-                         "export arrive with r1_megatron.parallel; use a single-rank layout here")
+        raise ValueError(f"save_hf needs the whole model in one process, not tp={layout.tp}, pp={layout.pp}, "
+                         f"ep={layout.ep}: save a distributed checkpoint and run `r1-megatron export --ckpt DIR "
+                         "--out HF_DIR`, which reassembles it")
 
 
 def _local_tensors(model: R1GPTModel) -> dict[str, torch.Tensor]:
@@ -220,7 +221,7 @@ def save_hf(model: R1GPTModel, path: str | os.PathLike, *, tokenizer_dir: str | 
 
     Tokenizer files are copied from `tokenizer_dir`, or from the directory the model was loaded from.
     """
-    _require_single_rank_layout("save_hf")
+    _require_whole_model()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
