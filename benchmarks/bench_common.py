@@ -204,3 +204,16 @@ def triton_runs_on(device: str, skipped: dict[str, str]) -> bool:
         return True
     skipped["triton"] = "needs CUDA or TRITON_INTERPRET=1 (the dispatcher would run the PyTorch reference)"
     return False
+
+
+def standard_providers(reference_fn: Callable, triton_fn: Callable, wrap: Callable, device: str,
+                       skipped: dict[str, str]) -> dict:
+    """The providers every kernel benchmark has: the eager reference, torch.compile of it and our Triton kernel,
+    each wrapped by `wrap` into a function of the case's inputs."""
+    found = {"eager": wrap(reference_fn)}
+    eager_compiled = compiled(reference_fn, skipped)
+    if eager_compiled is not None:
+        found["compile"] = wrap(eager_compiled)
+    if triton_runs_on(device, skipped):
+        found["triton"] = wrap(triton_fn)
+    return found

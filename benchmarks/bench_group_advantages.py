@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Case, common_parser, compiled, run_benchmark, select_providers, triton_runs_on  # noqa: E402
+from bench_common import Case, common_parser, run_benchmark, select_providers, standard_providers  # noqa: E402
 
 from r1_megatron.kernels import group_advantages, reference  # noqa: E402
 
@@ -34,13 +34,7 @@ def _provider(fn):
 
 
 def providers(device: str, skipped: dict) -> dict:
-    found = {"eager": _provider(reference.group_advantages)}
-    eager_compiled = compiled(reference.group_advantages, skipped)
-    if eager_compiled is not None:
-        found["compile"] = _provider(eager_compiled)
-    if triton_runs_on(device, skipped):
-        found["triton"] = _provider(group_advantages)
-    return found
+    return standard_providers(reference.group_advantages, group_advantages, _provider, device, skipped)
 
 
 def cases(args) -> list[Case]:

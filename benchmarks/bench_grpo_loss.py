@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Case, common_parser, compiled, run_benchmark, select_providers, triton_runs_on  # noqa: E402
+from bench_common import Case, common_parser, run_benchmark, select_providers, standard_providers  # noqa: E402
 
 from r1_megatron.kernels import grpo_loss, reference  # noqa: E402
 from r1_megatron.kernels.backend import LAUNCH_ENV  # noqa: E402
@@ -86,12 +86,8 @@ def _with_launch(provider, launch: str):
 
 
 def providers(device: str, skipped: dict, launch_sweep: list[str]) -> dict:
-    found = {"eager": _ours(reference.grpo_loss)}
-    eager_compiled = compiled(reference.grpo_loss, skipped)
-    if eager_compiled is not None:
-        found["compile"] = _ours(eager_compiled)
-    if triton_runs_on(device, skipped):
-        found["triton"] = _ours(grpo_loss)
+    found = standard_providers(reference.grpo_loss, grpo_loss, _ours, device, skipped)
+    if "triton" in found:
         for launch in launch_sweep:
             found[f"triton[{launch}]"] = _with_launch(_ours(grpo_loss), launch)
     if device == "cuda":

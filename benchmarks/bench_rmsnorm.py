@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Case, common_parser, compiled, run_benchmark, select_providers, triton_runs_on  # noqa: E402
+from bench_common import Case, common_parser, run_benchmark, select_providers, standard_providers  # noqa: E402
 
 from r1_megatron.kernels import reference, rms_norm  # noqa: E402
 
@@ -40,13 +40,7 @@ def _provider(fn):
 
 
 def providers(device: str, skipped: dict) -> dict:
-    found = {"eager": _provider(reference.rms_norm)}
-    eager_compiled = compiled(reference.rms_norm, skipped)
-    if eager_compiled is not None:
-        found["compile"] = _provider(eager_compiled)
-    if triton_runs_on(device, skipped):
-        found["triton"] = _provider(rms_norm)
-    return found
+    return standard_providers(reference.rms_norm, rms_norm, _provider, device, skipped)
 
 
 def cases(args) -> list[Case]:

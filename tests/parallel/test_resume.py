@@ -2,7 +2,6 @@
 checkpoint exports to an HF directory that transformers loads."""
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
