@@ -270,8 +270,6 @@ def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLik
                             tokenizer_dir: str | os.PathLike | None = None) -> Path:
     """Write the model of a checkpoint (a checkpoint directory, or a run's checkpoint root: its latest complete
     checkpoint) as an HF directory. Runs in one process at TP1/PP1/EP1, whatever layout saved it."""
-    import torch
-
     from r1_megatron.models import ModelConfig, build_model, save_hf
     from r1_megatron.runtime import initialize_parallel
 
