@@ -3,7 +3,6 @@ checkpoint exports to an HF directory that transformers loads."""
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -11,19 +10,9 @@ import pytest
 import torch
 
 from tests.models import hf_fixtures
-from tests.parallel.launch import ROOT
+from tests.parallel.launch import ROOT, ProcessGroup, run_to_end, worker_env
 
 WORKER = [sys.executable, str(ROOT / "tests" / "parallel" / "worker.py")]
-
-
-def run(workdir, *args, wait=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
-    proc = subprocess.Popen([*WORKER, "run", str(workdir), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    if wait:
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-8000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +27,17 @@ def test_resume_after_sigkill_is_bit_identical(ckpt_dir, tmp_path):
     for d in (straight, killed):
         d.mkdir()
         (d / "ckpt").symlink_to(ckpt_dir)
-    run(straight, "6", "")
-    proc = run(killed, "6", "3", "1", wait=False)
-    deadline = time.time() + 300
-    while not (killed / "saved").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run to be killed ended before its checkpoint"
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it get into step 4 (nothing of which may survive)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    run(killed, "6", "")
+    run_to_end([*WORKER, "run", str(straight), "6", ""])
+    with ProcessGroup([*WORKER, "run", str(killed), "6", "3", "1"], worker_env(), capture=False) as proc:
+        deadline = time.time() + 300
+        while not (killed / "saved").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run to be killed ended before its checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it get into step 4 (nothing of which may survive)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+    run_to_end([*WORKER, "run", str(killed), "6", ""])
     a, b = torch.load(straight / "final-rank0.pt"), torch.load(killed / "final-rank0.pt")
     assert a.keys() == b.keys()
     for name in a:
