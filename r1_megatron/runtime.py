@@ -126,7 +126,21 @@ def initialize_parallel(config: ParallelConfig | None = None) -> ParallelConfig:
         expert_tensor_parallel_size=config.expert_tp,
     )
     _current = config
+    _ensure_rng_tracker_streams()
     return config
+
+
+def _ensure_rng_tracker_streams() -> None:
+    """Give Megatron's RNG tracker its streams (seed 0) unless seed_everything already did: without them a forward
+    at TP > 1 fails with "cuda rng state model-parallel-rng is not added". Torch's own RNG state is kept (on CPU
+    the tracker seeding goes through torch's default generator)."""
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
+
+    if get_cuda_rng_tracker().get_states():
+        return
+    cpu_state = torch.get_rng_state()
+    model_parallel_cuda_manual_seed(0)
+    torch.set_rng_state(cpu_state)
 
 
 def ensure_parallel_state() -> ParallelConfig:

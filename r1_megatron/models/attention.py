@@ -4,6 +4,8 @@ TransformerEngine's fused attention when TE is importable; otherwise `SDPAttenti
 DotProductAttention built on torch.nn.functional.scaled_dot_product_attention (which itself dispatches to
 FlashAttention-2 / memory-efficient kernels on GPU), with flash-attn's own kernel used for bf16/fp16 causal
 attention on CUDA when the flash-attn package is installed and the head dims allow it.
+
+Both attend over the generation KV cache instead when a generation forward is active (models/kv_cache.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+
+from r1_megatron.models.kv_cache import active_context
 
 
 @functools.cache
@@ -35,8 +39,8 @@ class SDPAttention(MegatronModule):
         if config.context_parallel_size != 1:
             raise ValueError("context parallelism needs TransformerEngine attention (pip install r1_megatron[gpu])")
         self.attn_mask_type = attn_mask_type
-        head_dim = k_channels or config.kv_channels
-        self.softmax_scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+        self.layer_number = layer_number
+        self.softmax_scale = _softmax_scale(config, softmax_scale, k_channels)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
@@ -44,6 +48,9 @@ class SDPAttention(MegatronModule):
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPAttention supports neither packed sequences nor attention bias; install "
                              "TransformerEngine for them")
+        generation = active_context()
+        if generation is not None:
+            return generation.attend(self.layer_number, query, key, value, self.softmax_scale)
         sq, b, n_heads, _ = query.shape
         q_BNSD, k_BGSD, v_BGSD = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout_p = self.dropout_p if self.training else 0.0
@@ -76,10 +83,37 @@ class SDPAttention(MegatronModule):
                 and query.shape[0] == key.shape[0] and query.shape[-1] == value.shape[-1])
 
 
-def core_attention_module() -> type:
-    """TEDotProductAttention where TransformerEngine is installed (and CUDA present), else SDPAttention."""
-    if torch.cuda.is_available() and installed("transformer_engine"):
-        from megatron.core.extensions.transformer_engine import TEDotProductAttention
+def _softmax_scale(config, softmax_scale, k_channels) -> float:
+    """Megatron's default: 1/sqrt(head dim); MLA passes its own (YaRN mscale² / sqrt(qk head dim))."""
+    return softmax_scale if softmax_scale is not None else (k_channels or config.kv_channels) ** -0.5
 
-        return TEDotProductAttention
+
+@functools.cache
+def _te_attention_with_kv_cache() -> type:
+    from megatron.core.extensions.transformer_engine import TEDotProductAttention
+
+    class TEAttentionWithKVCache(TEDotProductAttention):
+        """TransformerEngine's attention for training; the generation KV cache inside a generation forward."""
+
+        def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                     softmax_scale=None, k_channels=None, v_channels=None, **kwargs):
+            super().__init__(config, layer_number, attn_mask_type, attention_type, attention_dropout=attention_dropout,
+                             softmax_scale=softmax_scale, k_channels=k_channels, v_channels=v_channels, **kwargs)
+            self.cache_layer_number = layer_number
+            self.cache_softmax_scale = _softmax_scale(config, softmax_scale, k_channels)
+
+        def forward(self, query, key, value, attention_mask, *args, **kwargs):
+            generation = active_context()
+            if generation is not None:
+                return generation.attend(self.cache_layer_number, query, key, value, self.cache_softmax_scale)
+            return super().forward(query, key, value, attention_mask, *args, **kwargs)
+
+    return TEAttentionWithKVCache
+
+
+def core_attention_module() -> type:
+    """TransformerEngine's attention where TE is installed (and CUDA present), else SDPAttention; both use the
+    generation KV cache inside generation forwards."""
+    if torch.cuda.is_available() and installed("transformer_engine"):
+        return _te_attention_with_kv_cache()
     return SDPAttention

@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.multi_latent_attention import MultiLatentAttention
 
 from r1_megatron.models.config import ModelConfig, RopeScaling, to_transformer_config
+from r1_megatron.models.kv_cache import active_context
 from r1_megatron.models.specs import block_spec
 from r1_megatron.runtime import ParallelConfig, ensure_parallel_state
 
@@ -13,7 +15,11 @@ from r1_megatron.runtime import ParallelConfig, ensure_parallel_state
 class R1GPTModel(GPTModel):
     """GPTModel that knows its architecture config (for HF export, generation and logging) and applies
     Llama-3 rope scaling with all four of its parameters: megatron-core 0.16.1's `rope_scaling` flag passes only
-    the factor and hard-codes low/high frequency factors and the original context length."""
+    the factor and hard-codes low/high frequency factors and the original context length.
+
+    Generation forwards (models/kv_cache.py) change two things through forward hooks, which are inert otherwise:
+    every rotary embedding returns each token's own position's frequencies, and the output layer computes
+    logits only at one position per row."""
 
     def __init__(self, model_config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -25,6 +31,34 @@ class R1GPTModel(GPTModel):
             emb.inv_freq = emb._apply_scaling(emb.inv_freq, factor=rope.factor, low_freq_factor=rope.low_freq_factor,
                                               high_freq_factor=rope.high_freq_factor,
                                               original_max_position_embeddings=rope.original_max_position_embeddings)
+        for module in self.modules():
+            if isinstance(module, (GPTModel, MultiLatentAttention)) and hasattr(module, "rotary_pos_emb"):
+                module.rotary_pos_emb.register_forward_hook(_rotary_per_token)
+        if self.post_process:
+            self.output_layer.register_forward_pre_hook(_only_logit_positions, with_kwargs=True)
+
+
+def _rotary_per_token(rope, args, output):
+    """In a generation forward: the frequencies of each token's own position, [T, B, 1, D] (Megatron computes
+    0..T-1 for one shared sequence; apply_rotary_pos_emb broadcasts over B either way)."""
+    ctx = active_context()
+    if ctx is None:
+        return None
+    table = rope.forward(ctx.kv_len)  # lru-cached in Megatron
+    if isinstance(table, tuple):  # YaRN returns (emb, mscale)
+        return (ctx.rotary_per_token(table[0]),) + tuple(table[1:])
+    return ctx.rotary_per_token(table)
+
+
+def _only_logit_positions(output_layer, args, kwargs):
+    """In a generation forward: hidden states [T, B, H] -> [1, B, H] at each row's logit position, so a prefill
+    of T tokens projects one position per row onto the vocabulary, not T."""
+    ctx = active_context()
+    if ctx is None:
+        return None
+    hidden_TBH, *rest = args
+    rows_B = torch.arange(hidden_TBH.shape[1], device=hidden_TBH.device)
+    return (hidden_TBH[ctx.logit_index_B, rows_B][None], *rest), kwargs
 
 
 def build_model(model_config: ModelConfig, *, dtype: torch.dtype = torch.float32,

@@ -15,6 +15,7 @@ from megatron.core import parallel_state
 
 from r1_megatron.models import load_hf, logits
 from r1_megatron.parallel import initialize
+from r1_megatron.rollout import Engine, SamplingParams
 from r1_megatron.runtime import seed_everything
 from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1_megatron.training.step import unwrap
@@ -23,7 +24,7 @@ from tests.parallel import training_fixtures as tf
 RANK = int(os.environ.get("RANK", 0))  # also runs as one plain process
 WORLD = int(os.environ.get("WORLD_SIZE", 1))
 LAYOUTS = {  # name -> initialize() kwargs
-    "tp2": dict(tp=2), "ep2": dict(ep=2), "tp2ep2": dict(tp=2, ep=2, etp=1), "pp2": dict(pp=2),
+    "tp2": dict(tp=2), "tp2sp": dict(tp=2, sp=True), "ep2": dict(ep=2), "tp2ep2": dict(tp=2, ep=2, etp=1), "pp2": dict(pp=2),
     "pp2ep2": dict(pp=2, ep=2, etp=1), "dp2": dict(), "tp1": dict(),
 }
 
@@ -41,6 +42,54 @@ def logits_scenario(workdir: Path, layouts: str) -> dict:
             diff = max((logits(model, ids) - want).abs().max().item() for ids, want in zip(ref["ids"], ref["logits"]))
             out[f"{layout}/{ckpt.name}"] = {"max_diff": diff, "bytes_read": stats["bytes_read"]}
     return out
+
+
+GEN_PROMPTS = [[3, 5, 7], [11, 12, 13, 14, 15, 16, 17], [9], [20, 21, 22, 23, 24]]
+GEN_SHARES = {1: [[0, 1, 2, 3]], 2: [[0, 1, 2], [3]]}  # prompt indices per DP rank: unequal work on purpose
+
+
+def generation_requests(dp_rank: int, dp_size: int) -> dict[str, tuple[list[int], list[SamplingParams]]]:
+    """Greedy and seeded-sampling requests of this DP rank: {kind: (prompt indices, params per prompt)}."""
+    share = GEN_SHARES[dp_size][dp_rank]
+    return {"greedy": (share, [SamplingParams(temperature=0, max_new_tokens=3 + 2 * i) for i in share]),
+            "sampled": (share, [SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=5, seed=100 + i)
+                                for i in share])}
+
+
+def generate_requests(model, dp_rank: int = 0, dp_size: int = 1) -> dict[str, dict[str, list[int]]]:
+    """{kind: {"prompt/sample": token ids}} for this rank's requests, with 2 slots (continuous batching)."""
+    engine = Engine(model, max_batch_size=2, max_seq_len=24)
+    out = {}
+    for kind, (share, params) in generation_requests(dp_rank, dp_size).items():
+        completions = engine.generate([GEN_PROMPTS[i] for i in share], params)
+        n = params[0].n
+        out[kind] = {f"{share[k // n]}/{k % n}": c.token_ids for k, c in enumerate(completions)}
+    return out
+
+
+def generate_scenario(workdir: Path, runs: str) -> dict:
+    """runs: comma-separated LAYOUT:CKPT. Generated tokens per request, the SP flag around generation, and whether
+    the logits after generation equal those before (the model is restored exactly)."""
+    out = {}
+    for run in runs.split(","):
+        layout, ckpt = run.split(":")
+        initialize(**LAYOUTS[layout])
+        model = load_hf(workdir / "ckpts" / ckpt)
+        probe = torch.tensor([GEN_PROMPTS[1]])
+        before, sp_before = logits(model, probe), model.config.sequence_parallel
+        tokens = generate_requests(model, *_dp())
+        out[run] = {"tokens": tokens, "sp": [sp_before, model.config.sequence_parallel],
+                    "logits_unchanged": bool(torch.equal(before, logits(model, probe)))}
+    return out
+
+
+def generate_pp_scenario(workdir: Path, ckpt: str) -> dict:
+    initialize(**LAYOUTS["pp2"])
+    try:
+        Engine(load_hf(workdir / "ckpts" / ckpt), max_batch_size=2, max_seq_len=24)
+    except ValueError as e:
+        return {"error": str(e)}
+    return {"error": None}
 
 
 def _dp() -> tuple[int, int]:
@@ -117,7 +166,7 @@ def run_scenario(workdir: Path, total_steps: str, save_at: str, hang_after_save:
     return {"start": start}
 
 
-SCENARIOS = {"run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
+SCENARIOS = {"generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])

@@ -1,0 +1,169 @@
+"""The generation engine: vLLM's `generate(prompts, SamplingParams)` on the trainer's own Megatron model.
+
+The engine holds the model object the trainer trains (DDP / Float16Module wrappers are looked through), so it
+reads the very parameter tensors the optimizer updates: there is no weight copy to sync or to go stale.
+
+    engine = Engine(model, max_batch_size=64, max_seq_len=4096, eos_token_ids=[tok.eos_id])
+    with engine.generating():            # eval mode, SP off, KV cache allocated; all restored/freed on exit
+        completions = engine.generate(prompt_ids, SamplingParams(n=16, temperature=1.0, max_new_tokens=1024))
+
+Parallelism: every rank of a tensor-parallel group must pass the same prompts and params (checked); ranks that
+differ only in data parallelism may pass different prompts. With expert parallelism, ranks step in lockstep
+(an all-reduce per step) and a rank whose work is done runs one-token idle forwards while its peers finish,
+since every EP rank must enter each MoE all-to-all. Pipeline parallelism is not supported for generation yet.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import numbers
+from typing import Sequence as Seq
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.transformer.utils import set_model_to_sequence_parallel
+
+from r1_megatron.models.kv_cache import KVCache
+from r1_megatron.training.step import unwrap
+
+from .model_runner import ModelRunner
+from .sampler import request_seeds
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Completion, Sequence
+
+
+class Engine:
+    def __init__(self, model, *, max_batch_size: int, max_seq_len: int, eos_token_ids: Seq[int] = (), seed: int = 0):
+        """model: a model from load_hf/build_model, or the trainer's DDP-wrapped one; max_batch_size: KV-cache
+        slots (sequences decoded together); max_seq_len: prompt + completion tokens per sequence; eos_token_ids:
+        tokens that end every completion ("stop"); seed: seeds the draw of request seeds for unseeded params."""
+        for name, value, low in (("max_batch_size", max_batch_size, 1), ("max_seq_len", max_seq_len, 2)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+                raise ValueError(f"Engine: {name} must be an int >= {low}, got {value!r}")
+        if parallel_state.model_parallel_is_initialized() and \
+                parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            raise ValueError("Engine: generation with pipeline parallelism (pp > 1) is not supported yet; generate "
+                             "at tp/ep only (load the checkpoint at a pp=1 layout)")
+        self.model = unwrap(model)
+        self.max_batch_size, self.max_seq_len = int(max_batch_size), int(max_seq_len)
+        self.eos_token_ids = frozenset(_token_ids("eos_token_ids", eos_token_ids))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(self.model.parameters()).device
+        self.cache: KVCache | None = None
+
+    def parameters(self):
+        """The tensors generation reads: the model's own parameters."""
+        return self.model.parameters()
+
+    @contextlib.contextmanager
+    def generating(self, offload=None):
+        """Switch the model to generation: eval mode, sequence parallelism off, a KV cache allocated. On exit the
+        cache is freed and the training mode and sequence-parallel setting are restored exactly.
+        offload: a training.offload.HostOffload, whose optimizer state and gradient buffers are kept in host
+        memory during generation (GPU memory for the KV cache) and moved back on exit."""
+        if self.cache is not None:
+            raise RuntimeError("Engine.generating() is already active")
+        was_training, was_sp = self.model.training, self.model.config.sequence_parallel
+        self.model.eval()
+        if was_sp:  # decode steps have one token per row: nothing to split over the sequence
+            set_model_to_sequence_parallel(self.model, False)
+        self.cache = KVCache(self.max_batch_size, self.max_seq_len)
+        try:
+            with offload if offload is not None else contextlib.nullcontext():
+                yield self
+        finally:
+            self.cache.free()
+            self.cache = None
+            if was_sp:
+                set_model_to_sequence_parallel(self.model, True)
+            self.model.train(was_training)
+
+    def generate(self, prompt_token_ids: Seq[Seq[int]],
+                 params: SamplingParams | Seq[SamplingParams] = SamplingParams()) -> list[Completion]:
+        """The n completions of every prompt, prompt by prompt, completion j of a prompt at position j within its
+        prompt's n. params: one SamplingParams for all prompts, or one per prompt."""
+        if self.cache is None:
+            with self.generating():
+                return self.generate(prompt_token_ids, params)
+        prompts = self._check_prompts(prompt_token_ids)
+        per_prompt = self._per_prompt_params(params, len(prompts))
+        self._check_same_across_tensor_parallel(prompts, per_prompt)
+        scheduler = Scheduler(self.max_batch_size)
+        groups = [self._sequences(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
+        for group in groups:
+            scheduler.add(group)
+        runner = ModelRunner(self.model, self.cache, self.device)
+        while self._any_rank_has_work(scheduler.has_work):
+            batch = scheduler.schedule()
+            if batch is None:
+                runner.idle_forward()
+                continue
+            runner.run(batch)
+            scheduler.release_finished()
+        return [seq.completion() for group in groups for seq in group]
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _sequences(self, prompt_index: int, prompt: list[int], params: SamplingParams) -> list[Sequence]:
+        stop = self.eos_token_ids | frozenset(params.stop_token_ids)
+        return [Sequence(prompt_index, j, prompt, params, seed, stop)
+                for j, seed in enumerate(request_seeds(params, self.generator))]
+
+    def _check_prompts(self, prompt_token_ids) -> list[list[int]]:
+        if isinstance(prompt_token_ids, (str, bytes)) or not hasattr(prompt_token_ids, "__iter__"):
+            raise ValueError(f"generate: prompt_token_ids must be a list of token-id lists, got "
+                             f"{type(prompt_token_ids).__name__}")
+        prompts = [_token_ids(f"prompt_token_ids[{i}]", p) for i, p in enumerate(prompt_token_ids)]
+        vocab = self.model.model_config.vocab_size
+        empty = [i for i, p in enumerate(prompts) if not p]
+        too_long = [i for i, p in enumerate(prompts) if len(p) > self.max_seq_len - 1]
+        out_of_vocab = [i for i, p in enumerate(prompts) if p and max(p) >= vocab]
+        for what, bad in (("are empty", empty), (f"are longer than max_seq_len - 1 = {self.max_seq_len - 1} "
+                          "tokens", too_long), (f"have token ids >= the vocabulary size {vocab}", out_of_vocab)):
+            if bad:
+                raise ValueError(f"generate: prompts {bad} {what}")
+        return prompts
+
+    @staticmethod
+    def _per_prompt_params(params, num_prompts: int) -> list[SamplingParams]:
+        if isinstance(params, SamplingParams):
+            return [params] * num_prompts
+        params = list(params)
+        if len(params) != num_prompts or not all(isinstance(p, SamplingParams) for p in params):
+            raise ValueError(f"generate: params must be one SamplingParams or one per prompt ({num_prompts}), got "
+                             f"{len(params)} items")
+        return params
+
+    def _check_same_across_tensor_parallel(self, prompts, params) -> None:
+        """TP ranks compute one model together: different inputs would silently mix (or hang)."""
+        if not parallel_state.model_parallel_is_initialized() or \
+                parallel_state.get_tensor_model_parallel_world_size() == 1:
+            return
+        digest = hashlib.sha256(repr((prompts, params, self.generator.get_state().tolist())).encode()).digest()
+        mine = torch.tensor(list(digest[:8]), dtype=torch.int64)
+        group = parallel_state.get_tensor_model_parallel_group()
+        low, high = mine.clone(), mine.clone()
+        torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN, group=group)
+        torch.distributed.all_reduce(high, torch.distributed.ReduceOp.MAX, group=group)
+        if not torch.equal(low, high):
+            raise ValueError("generate: tensor-parallel ranks passed different prompts, params or engine seeds; "
+                             "every rank of a TP group must generate the same requests")
+
+    def _any_rank_has_work(self, has_work: bool) -> bool:
+        if not parallel_state.model_parallel_is_initialized() or \
+                parallel_state.get_expert_model_parallel_world_size() == 1:
+            return has_work
+        flag = torch.tensor([int(has_work)], device=self.device)
+        torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _token_ids(name: str, ids) -> list[int]:
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of token ids, got {ids!r}")
+    ids = list(ids)
+    bad = [t for t in ids if not isinstance(t, numbers.Integral) or isinstance(t, bool) or t < 0]
+    if bad:
+        raise ValueError(f"{name} must hold non-negative ints, got {bad[:5]!r}")
+    return [int(t) for t in ids]

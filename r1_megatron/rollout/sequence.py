@@ -1,0 +1,67 @@
+"""A completion being generated (Sequence) and the finished result handed to callers (Completion)."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from .sampling_params import SamplingParams
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # an EOS or stop token was sampled (it is the last token of the completion)
+    LENGTH = "length"  # max_new_tokens reached, or the sequence filled max_seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One sampled completion of prompt `prompt_index`.
+
+    logprobs[i] = log_softmax(logits / T)[token_ids[i]] under the model that generated it: the temperature-scaled
+    full distribution before top-k/top-p truncation (T taken as 1 for greedy), which is what the trainer's forward
+    computes for the same token (rollout/sampler.py)."""
+
+    prompt_index: int
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence:
+    """Completion `sample_index` of prompt `prompt_index` while it is generated; `slot` is its KV-cache slot."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    stop_ids: frozenset[int]
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    slot: int | None = None
+    finish_reason: FinishReason | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.token_ids)
+
+    @property
+    def last_token(self) -> int:
+        return self.token_ids[-1] if self.token_ids else self.prompt_ids[-1]
+
+    def append(self, token: int, logprob: float, max_seq_len: int) -> None:
+        """Add a sampled token; finish on a stop token, at max_new_tokens, or when no position is left for the
+        next token's key (length == max_seq_len)."""
+        self.token_ids.append(token)
+        self.logprobs.append(logprob)
+        if token in self.stop_ids:
+            self.finish_reason = FinishReason.STOP
+        elif len(self.token_ids) >= self.params.max_new_tokens or self.length >= max_seq_len:
+            self.finish_reason = FinishReason.LENGTH
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def completion(self) -> Completion:
+        return Completion(self.prompt_index, list(self.token_ids), list(self.logprobs), self.finish_reason)
