@@ -1,0 +1,153 @@
+"""PNG charts of a run's metrics.jsonl: reward, accuracy, response length and KL against step, plus a 2x2 summary.
+
+matplotlib is imported only when plotting, through its object API (Figure + savefig renders with Agg), so
+plotting never switches the pyplot backend of the calling process and needs no display.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1_megatron.training.metrics_log import metrics_path, read_metrics
+
+log = logging.getLogger(__name__)
+PLOTS_DIR = "plots"
+SMOOTH_MIN_STEPS = 20  # below this a moving average hides more than it shows
+_REWARD_COMPONENT = re.compile(r"^reward/(?P<name>.+)_mean$")
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One figure: `main` must be present for the chart to be drawn; `extra` lines are drawn when present."""
+    name: str
+    title: str
+    ylabel: str
+    main: str
+    extra: tuple[str, ...] = ()
+
+
+def _reward_components(records: list[dict]) -> tuple[str, ...]:
+    keys = {k for r in records for k in r if _REWARD_COMPONENT.match(k) and k != "reward/total_mean"}
+    return tuple(sorted(keys))
+
+
+def charts_for(records: list[dict]) -> tuple[Chart, ...]:
+    """The four charts, the reward chart carrying one extra line per logged reward component."""
+    return (
+        Chart("reward", "Reward", "reward", "reward/total_mean", _reward_components(records)),
+        Chart("accuracy", "Accuracy", "fraction", "accuracy", ("format_rate",)),
+        Chart("response_length", "Response length", "tokens", "response_length/mean", ("response_length/max",)),
+        Chart("kl", "KL to reference", "KL", "loss/kl"),
+    )
+
+
+def series(records: list[dict], metric: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the finite values of `metric`."""
+    pairs = [(r["step"], float(r[metric])) for r in records
+             if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start): out[i] = mean(values[max(0,i-w+1):i+1])."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _draw_line(ax, steps: list[int], values: list[float], label: str) -> None:
+    if len(steps) < SMOOTH_MIN_STEPS:
+        ax.plot(steps, values, marker="o", markersize=3, label=label)
+        return
+    raw, = ax.plot(steps, values, alpha=0.3, linewidth=1)
+    window = max(2, len(values) // 20)
+    ax.plot(steps, moving_average(values, window), color=raw.get_color(), linewidth=2,
+            label=f"{label} (moving avg {window})")
+
+
+def _draw_chart(ax, chart: Chart, records: list[dict]) -> None:
+    for metric in (chart.main, *chart.extra):
+        steps, values = series(records, metric)
+        if steps:
+            _draw_line(ax, steps, values, metric)
+    ax.set_title(chart.title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(chart.ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _draw_missing(ax, chart: Chart) -> None:
+    ax.set_title(chart.title)
+    ax.text(0.5, 0.5, f"{chart.main} not logged", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError(f"plotting needs matplotlib ({e}): pip install matplotlib") from e
+    return Figure(**kwargs)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    return path
+
+
+def _load(run_dir: Path) -> list[dict]:
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"metrics file {metrics_path(run_dir)} holds no steps")
+    return sorted(records, key=lambda r: r["step"])
+
+
+def _charts_present(records: list[dict], run_dir: Path) -> tuple[tuple[Chart, ...], list[Chart]]:
+    """All charts and those whose main metric was logged; warns about the others, raises if none was."""
+    charts = charts_for(records)
+    present = [c for c in charts if series(records, c.main)[0]]
+    if not present:
+        raise ValueError(f"{metrics_path(run_dir)} has none of the charted metrics "
+                         f"({', '.join(c.main for c in charts)})")
+    for chart in charts:
+        if chart not in present:
+            log.warning("plot %s skipped: %s not in %s", chart.name, chart.main, metrics_path(run_dir))
+    return charts, present
+
+
+def _write_summary(path: Path, charts: tuple[Chart, ...], present: list[Chart], records: list[dict]) -> Path:
+    fig = _figure(figsize=(12, 8))
+    for ax, chart in zip(fig.subplots(2, 2).flat, charts):
+        if chart in present:
+            _draw_chart(ax, chart, records)
+        else:
+            _draw_missing(ax, chart)
+    return _save(fig, path)
+
+
+def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write <chart>.png for each chart whose main metric was logged, and summary.png (2x2), into out_dir
+    (default RUN_DIR/plots); return the paths written. Charts whose metric is absent are skipped with a
+    warning; a missing or empty metrics file, or one with none of the charted metrics, raises."""
+    run_dir = Path(run_dir)
+    records = _load(run_dir)
+    charts, present = _charts_present(records, run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for chart in present:
+        fig = _figure(figsize=(7, 4.5))
+        _draw_chart(fig.add_subplot(), chart, records)
+        written.append(_save(fig, out / f"{chart.name}.png"))
+    written.append(_write_summary(out / "summary.png", charts, present, records))
+    return written
