@@ -136,12 +136,14 @@ class _CanonicalOptimizerState:
         optimizer.load_state_dict(self.native)
 
 
-def _sharded_state(model, optimizer, *, with_rng: bool, saved_step: float | None = None):
+def _sharded_state(model, optimizer, *, with_rng: bool, saved_step: float | None = None, extra_models=None):
     """(dict for dist_checkpointing, canonical optimizer state or None); saved_step given when loading."""
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     model_state = unwrap(model).sharded_state_dict()
     state = {"model": model_state}
+    for name, extra in (extra_models or {}).items():  # e.g. the GRPO reference model, under its own key prefix
+        state[f"extra.{name}"] = unwrap(extra).sharded_state_dict(prefix=f"{name}.")
     canonical = None
     if optimizer is not None:
         canonical = _CanonicalOptimizerState(optimizer, model_state, saved_step=saved_step)
@@ -175,9 +177,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, scheduler,
-                    user_state: dict | None = None) -> Path:
+                    user_state: dict | None = None, extra_models: dict | None = None) -> Path:
     """Collectively save a checkpoint of step `step` under `root`; returns its directory.
 
+    extra_models: {name: model} saved alongside (same layout rules), e.g. a frozen reference model.
     Written under a partial name and renamed into place only when every rank has finished; `latest` moves last.
     The model's config and dtype are recorded so that `r1-megatron export` can rebuild the model on its own.
     """
@@ -192,7 +195,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, schedu
             shutil.rmtree(stale, ignore_errors=True)
         partial.mkdir()
     _barrier()
-    dist_checkpointing.save(_sharded_state(model, optimizer, with_rng=True)[0], str(partial))
+    dist_checkpointing.save(_sharded_state(model, optimizer, with_rng=True, extra_models=extra_models)[0],
+                            str(partial))
     if dist.get_rank() == 0:
         layout = current_parallel_config()
         core = unwrap(model)
@@ -237,8 +241,10 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
                           user_state=meta["user_state"], model_config=meta["model_config"], dtype=meta["dtype"])
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None) -> CheckpointInfo:
-    """Collectively load the checkpoint directory `path` into this rank's model (and optimizer, scheduler).
+def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None,
+                    extra_models: dict | None = None) -> CheckpointInfo:
+    """Collectively load the checkpoint directory `path` into this rank's model (and optimizer, scheduler, and
+    the extra models it was saved with).
 
     Works at any layout; RNG states are restored only when the world size and layout match the saving run.
     """
@@ -251,9 +257,12 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     if not saved_step:  # never stepped: the checkpoint holds no optimizer state, a fresh optimizer is the same
         optimizer = None
     sharded, canonical = _sharded_state(model, optimizer, with_rng=same_layout and saved_step is not None,
-                                        saved_step=saved_step)
+                                        saved_step=saved_step, extra_models=extra_models)
     state = dist_checkpointing.load(sharded, str(path))
     unwrap(model).load_state_dict(state["model"])
+    for name, extra in (extra_models or {}).items():
+        loaded = state[f"extra.{name}"]
+        unwrap(extra).load_state_dict({k.removeprefix(f"{name}."): v for k, v in loaded.items()})
     if canonical is not None:  # after the model: fp32 master weights come from the checkpoint, not the model
         canonical.restore(optimizer, state["optimizer"])
     if scheduler is not None:

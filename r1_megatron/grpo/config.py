@@ -1,0 +1,241 @@
+"""The GRPO run's configuration: one typed dataclass per component, composed into `GRPORunConfig`.
+
+A run is one YAML recipe (examples/*.yaml; the built-in default is r1_megatron/grpo/recipes/tiny_demo.yaml) plus
+`key=value` overrides, loaded by r1_megatron/run_config.py. Components validate their own fields with ValueErrors
+naming the field; the cross-component checks are in GRPORunConfig.__post_init__.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from r1_megatron.data.synthetic import ArithmeticConfig
+from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
+from r1_megatron.kernels.options import parse_enum
+from r1_megatron.training.optimizer import OptimizerSettings
+
+
+def _positive(owner: str, **values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass
+class ModelSourceConfig:
+    """The policy's initial weights: an HF directory (`path`), or a built-in preset with random init (`preset`,
+    optionally with a smaller vocabulary for a synthetic task's tokenizer). dtype: fp32 or bf16."""
+
+    path: str | None = None
+    preset: str | None = None
+    vocab_size: int | None = None
+    dtype: str = "bf16"
+
+    def __post_init__(self):
+        if (self.path is None) == (self.preset is None):
+            raise ValueError(f"model: set exactly one of model.path (an HF directory) and model.preset, got "
+                             f"path={self.path!r}, preset={self.preset!r}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"model.dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        if self.vocab_size is not None and self.preset is None:
+            raise ValueError("model.vocab_size overrides a preset's vocabulary; an HF checkpoint keeps its own")
+
+
+@dataclasses.dataclass
+class ParallelRunConfig:
+    """Model-parallel sizes (data parallelism takes the rest of the world). See README, "Choosing a layout"."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    etp: int | None = None
+    sp: bool | None = None
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Prompts: JSONL/Parquet files (`paths`, with the field names), or the built-in synthetic addition task
+    (`synthetic: arithmetic`). The tokenizer comes from `tokenizer` (a directory), else from model.path."""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    synthetic: str | None = None
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    num_synthetic: int = 20000
+    question_field: str = "question"
+    answer_field: str | None = "answer"
+    template: str = "r1_zero"
+    max_prompt_tokens: int | None = None
+    tokenizer: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if bool(self.paths) == (self.synthetic is not None):
+            raise ValueError(f"data: set exactly one of data.paths (prompt files) and data.synthetic, got "
+                             f"paths={self.paths!r}, synthetic={self.synthetic!r}")
+        if self.synthetic not in (None, "arithmetic"):
+            raise ValueError(f"data.synthetic must be 'arithmetic' (the built-in task), got {self.synthetic!r}")
+        if isinstance(self.arithmetic, dict):
+            self.arithmetic = ArithmeticConfig(**self.arithmetic)
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    """Generation: `prompts_per_step` prompts (global, over data-parallel ranks) × `group_size` samples each.
+    R1-Zero: G = 16, 32 prompts per step, temperature 1 (r1_reference.md)."""
+
+    prompts_per_step: int = 32
+    group_size: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1024
+    max_batch_size: int = 256  # KV-cache slots per rank (sequences decoded together)
+    offload_training_state: bool = False  # GPU: optimizer state and grad buffers in host memory while generating
+
+    def __post_init__(self):
+        _positive("rollout", prompts_per_step=self.prompts_per_step, group_size=self.group_size,
+                  max_new_tokens=self.max_new_tokens, max_batch_size=self.max_batch_size)
+        if not self.temperature > 0:
+            raise ValueError(f"rollout.temperature must be > 0 for RL sampling, got {self.temperature!r}")
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    """GRPO (DeepSeekMath §4.1) and its common variants.
+
+    kl_coef β (0 = no reference model); kl_estimator k1/k2/k3; clip_eps_low/high ε (clip-higher: high > low);
+    dual_clip c (> 1) bounds the loss of negative-advantage tokens; loss_agg: how token losses reduce
+    (seq-mean-token-mean = R1's 1/G Σ 1/|o_i| Σ_t); advantage_std: sample / population / none (Dr.GRPO, with
+    loss_agg seq-mean-token-sum-norm for its constant normaliser); mini_batches optimizer steps per rollout,
+    epochs μ passes over them; micro_batch_size sequences per forward/backward; ref_refresh_steps K (0 = never):
+    the reference becomes the current policy every K steps; dynamic_sampling (DAPO): drop groups whose rewards are
+    all equal and sample more prompts, up to dynamic_sampling_rounds extra rounds; mask_truncated: completions that
+    hit max_new_tokens get no loss; recompute_old_logprobs: a forward pass gives the old-policy log-probabilities
+    instead of the engine's (which are the same weights, so equal up to reduction order)."""
+
+    kl_coef: float = 0.001
+    kl_estimator: str = "k3"
+    clip_eps_low: float = 0.2
+    clip_eps_high: float | None = None
+    dual_clip: float | None = None
+    loss_agg: str = "seq-mean-token-mean"
+    advantage_std: str = "sample"
+    advantage_eps: float = 1e-6
+    mini_batches: int = 1
+    epochs: int = 1
+    micro_batch_size: int = 8
+    ref_refresh_steps: int = 0
+    ref_on_host: bool = False
+    dynamic_sampling: bool = False
+    dynamic_sampling_rounds: int = 3
+    mask_truncated: bool = False
+    recompute_old_logprobs: bool = False
+
+    def __post_init__(self):
+        self.loss_config(1)  # validates the loss fields with their names
+        parse_enum(AdvantageStd, self.advantage_std, "algorithm.advantage_std")
+        _positive("algorithm", mini_batches=self.mini_batches, epochs=self.epochs,
+                  micro_batch_size=self.micro_batch_size)
+        if self.ref_refresh_steps < 0 or self.dynamic_sampling_rounds < 0:
+            raise ValueError(f"algorithm.ref_refresh_steps and dynamic_sampling_rounds must be >= 0, got "
+                             f"{self.ref_refresh_steps!r}, {self.dynamic_sampling_rounds!r}")
+
+    def loss_config(self, norm_length: int) -> GRPOLossConfig:
+        try:
+            # normalizer 1: the loss returns a sum over units; Megatron divides by the global unit count
+            return GRPOLossConfig(self.clip_eps_low, self.clip_eps_high, self.dual_clip, self.kl_coef,
+                                  self.kl_estimator, 1.0, self.loss_agg, norm_length, 1.0)
+        except ValueError as e:
+            raise ValueError(f"algorithm.{e}") from None
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_coef > 0
+
+
+@dataclasses.dataclass
+class RewardsConfig:
+    """Weighted rule rewards (r1_megatron/rewards/registry.py). `accuracy` names the reward reported as accuracy
+    and `format` the one reported as format rate (None: not reported). plugin_modules: modules that register
+    more rewards (imported by the reward workers too)."""
+
+    weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"math_accuracy": 1.0, "format": 1.0})
+    reward_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    accuracy: str | None = "math_accuracy"
+    format: str | None = "format"
+    num_workers: int = 2
+    timeout_s: float = 10.0
+    plugin_modules: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        for role in ("accuracy", "format"):
+            name = getattr(self, role)
+            if name is not None and name not in self.weights:
+                raise ValueError(f"rewards.{role}={name!r} is not one of the rewards in rewards.weights "
+                                 f"({', '.join(self.weights)})")
+
+
+@dataclasses.dataclass
+class WarmStartConfig:
+    """A supervised pass on the task's answers before RL (for the synthetic demo: RL needs some reward > 0 to
+    learn from). Stops once greedy accuracy on `eval_prompts` held-out prompts reaches `target_accuracy`, checked
+    every `eval_every` steps, or after `max_steps`. steps 0 = no warm start."""
+
+    max_steps: int = 0
+    target_accuracy: float = 0.2
+    eval_every: int = 10
+    eval_prompts: int = 200
+    batch_size: int = 64
+    lr: float = 3e-3
+
+    def __post_init__(self):
+        if self.max_steps < 0:
+            raise ValueError(f"warm_start.max_steps must be >= 0, got {self.max_steps!r}")
+        if self.max_steps:
+            _positive("warm_start", eval_every=self.eval_every, eval_prompts=self.eval_prompts,
+                      batch_size=self.batch_size)
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Distributed checkpoints every `every_steps` steps and at the end (0 = only at the end); SIGTERM also
+    checkpoints. export_hf: write the final policy as an HF directory under the run directory."""
+
+    every_steps: int = 50
+    export_hf: bool = True
+
+    def __post_init__(self):
+        if self.every_steps < 0:
+            raise ValueError(f"checkpoint.every_steps must be >= 0, got {self.every_steps!r}")
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class GRPORunConfig:
+    """A whole GRPO run. run_dir: where checkpoints, metrics, plots and the exported model go."""
+
+    run_dir: str = "runs/grpo"
+    steps: int = 100
+    seed: int = 0
+    model: ModelSourceConfig = dataclasses.field(default_factory=lambda: ModelSourceConfig(preset="tiny-moe"))
+    parallel: ParallelRunConfig = dataclasses.field(default_factory=ParallelRunConfig)
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic="arithmetic"))
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+    rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
+    warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        _positive("run", steps=self.steps)
+        total = self.rollout.prompts_per_step * self.rollout.group_size
+        if total % self.algorithm.mini_batches:
+            raise ValueError(f"algorithm.mini_batches={self.algorithm.mini_batches} must divide the rollout's "
+                             f"prompts_per_step × group_size = {total} sequences")

@@ -1,0 +1,48 @@
+"""SIGTERM (what SLURM sends before a time limit, and `kill`) asks the trainer to checkpoint and exit cleanly.
+
+The handler only sets a flag; the trainer checks it between steps, agreed across ranks by one all-reduce, so all
+ranks stop after the same step and save one consistent checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import torch
+import torch.distributed as dist
+
+
+class StopRequest:
+    def __init__(self):
+        self.local = False
+
+    def _handle(self, signum, frame) -> None:
+        self.local = True
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank received SIGTERM (collective: call on all ranks)."""
+        flag = torch.tensor([int(self.local)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, dist.ReduceOp.MAX, group=world_gloo_group())
+        return bool(flag.item())
+
+
+_GROUP = None
+
+
+def world_gloo_group():
+    """A gloo group, so the flag all-reduce runs on host tensors whatever the main backend is."""
+    global _GROUP
+    if _GROUP is None:
+        _GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _GROUP
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    request = StopRequest()
+    previous = signal.signal(signal.SIGTERM, request._handle)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGTERM, previous)

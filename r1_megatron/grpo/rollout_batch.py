@@ -1,0 +1,67 @@
+"""A step's rollout as training tensors: each completion with its prompt, reward, advantage and logprobs, cut into
+mini-batches (one optimizer step each) of micro-batches (one forward/backward each).
+
+Sequence i is x = prompt_i + completion_i; its micro-batch row holds input x[:-1] and labels x[1:], right-padded;
+loss_mask is 1 exactly at the positions whose label is a completion token, so prompts and padding are never
+trained on. Every micro-batch of a step is padded to the same [B, T] (Megatron's pipeline schedule needs one shape).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class RolloutSample:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    rollout_logprobs: list[float]  # the engine's log_softmax(logits / T)[token] of each completion token
+    reward: float
+    advantage: float
+    truncated: bool  # finished by length, not by EOS
+
+
+def split_parts(samples: list, parts: int) -> list[list]:
+    """`parts` contiguous slices whose sizes differ by at most one (equal when `parts` divides the length)."""
+    size, extra = divmod(len(samples), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [samples[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+def micro_batches(samples: list[RolloutSample], micro_batch_size: int, seq_len: int, *, pad_id: int,
+                  mask_truncated: bool) -> list[dict]:
+    """[B, T = seq_len] tensors per micro-batch: input_ids, labels, loss_mask, old_logprobs (the rollout's, at the
+    label positions); [B]: advantages, valid (1 for a real row). A short last micro-batch is padded with empty rows
+    (mask 0, valid 0)."""
+    out = []
+    for start in range(0, len(samples), micro_batch_size):
+        chunk = samples[start:start + micro_batch_size]
+        chunk = chunk + [None] * (micro_batch_size - len(chunk))
+        out.append(_micro_batch(chunk, seq_len, pad_id, mask_truncated))
+    return out
+
+
+def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, mask_truncated: bool) -> dict:
+    B = len(rows)
+    ids_BT = torch.full((B, seq_len + 1), pad_id, dtype=torch.int64)
+    mask_BT = torch.zeros(B, seq_len)
+    old_BT = torch.zeros(B, seq_len)
+    adv_B, valid_B = torch.zeros(B), torch.zeros(B)
+    for b, s in enumerate(rows):
+        if s is None:
+            continue
+        valid_B[b] = 1.0
+        x = s.prompt_ids + s.completion_ids
+        ids_BT[b, :len(x)] = torch.tensor(x)
+        first, n = len(s.prompt_ids) - 1, len(s.completion_ids)  # label position of the first completion token
+        old_BT[b, first:first + n] = torch.tensor(s.rollout_logprobs)
+        mask_BT[b, first:first + n] = 0.0 if (mask_truncated and s.truncated) else 1.0
+        adv_B[b] = s.advantage
+    return {"input_ids": ids_BT[:, :-1], "labels": ids_BT[:, 1:], "loss_mask": mask_BT, "old_logprobs": old_BT,
+            "advantages": adv_B, "valid": valid_B}
+
+
+def empty_micro_batch(like: dict) -> dict:
+    """A micro-batch with no loss tokens (zero gradient): keeps ranks' forward counts equal (MoE all-to-all)."""
+    return {k: torch.zeros_like(v) for k, v in like.items()}

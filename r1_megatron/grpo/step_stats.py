@@ -1,0 +1,41 @@
+"""Per-step statistics summed on each rank and reduced over data-parallel ranks in one all-reduce."""
+from __future__ import annotations
+
+import collections
+
+import torch
+import torch.distributed as dist
+
+
+class StepStats:
+    """mean(name) = Σ value·weight / Σ weight and max(name) over all data-parallel ranks."""
+
+    def __init__(self):
+        self.sums = collections.defaultdict(float)
+        self.weights = collections.defaultdict(float)
+        self.maxima = collections.defaultdict(lambda: float("-inf"))
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        self.sums[name] += value * weight
+        self.weights[name] += weight
+
+    def add_many(self, name: str, values) -> None:
+        for v in values:
+            self.add(name, float(v))
+
+    def max(self, name: str, value: float) -> None:
+        self.maxima[name] = max(self.maxima[name], value)
+
+    def reduce(self, group=None) -> dict[str, float]:
+        """Collective over `group` (None = no reduction); every rank gets the same dict. The key sets must be the
+        same on every rank (add a 0-weight entry when a rank has nothing)."""
+        names, max_names = sorted(self.sums), sorted(self.maxima)
+        sums = torch.tensor([self.sums[n] for n in names] + [self.weights[n] for n in names], dtype=torch.float64)
+        maxima = torch.tensor([self.maxima[n] for n in max_names], dtype=torch.float64)
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(sums, group=group)
+            dist.all_reduce(maxima, dist.ReduceOp.MAX, group=group)
+        k = len(names)
+        out = {n: (sums[i] / sums[k + i]).item() if sums[k + i] > 0 else 0.0 for i, n in enumerate(names)}
+        out.update({n: maxima[i].item() if maxima[i] > float("-inf") else 0.0 for i, n in enumerate(max_names)})
+        return out

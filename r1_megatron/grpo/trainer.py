@@ -1,0 +1,334 @@
+"""The GRPO trainer (DeepSeekMath §4.1, DeepSeek-R1-Zero): `GRPOTrainer(cfg).train()`.
+
+Each step: sample prompts → generate G completions each with the engine on the policy's own weights → score them
+with the rule rewards → group-normalised advantages (fused kernel) → old-policy and reference log-probabilities →
+μ epochs of mini-batch optimizer steps on the clipped-ratio + KL loss (fused kernel, from vocab-parallel logits)
+→ log, checkpoint. Data parallelism splits the prompts; every rank of a tensor/expert-parallel group generates and
+trains the same rows together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from r1_megatron.kernels import group_advantages, grpo_loss
+from r1_megatron.kernels.options import LossAgg
+from r1_megatron.models import build_model, load_hf, preset, save_hf
+from r1_megatron.parallel import initialize
+from r1_megatron.rewards.runner import RewardConfig, RewardRunner
+from r1_megatron.rollout import Engine, FinishReason, SamplingParams
+from r1_megatron.runtime import seed_everything
+from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1_megatron.training.metrics_log import MetricsLogger
+from r1_megatron.training.offload import HostOffload
+from r1_megatron.training.optimizer import build_optimizer, build_scheduler
+from r1_megatron.training.progress import Progress
+from r1_megatron.training.step import build_ddp, train_step, unwrap
+
+from .config import GRPORunConfig
+from .logprob_pass import forward_logprobs, tensor_parallel_group
+from .preemption import stop_on_sigterm, world_gloo_group
+from .reference import ReferenceModel
+from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, split_parts
+from .step_stats import StepStats
+from .task import build_task, sample_seed
+from .warm_start import warm_start
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: GRPORunConfig, *, resume: bool = False):
+        self.cfg = cfg
+        p = cfg.parallel
+        if p.pp > 1:
+            raise ValueError("parallel.pp > 1: the generation engine does not support pipeline parallelism yet; "
+                             "use tp/ep (and data parallelism) for GRPO")
+        initialize(tp=p.tp, pp=p.pp, ep=p.ep, etp=p.etp, sp=p.sp)
+        seed_everything(cfg.seed)
+        self.rank = dist.get_rank()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.dp_group = parallel_state.get_data_parallel_group_gloo()
+        if cfg.rollout.prompts_per_step % self.dp_size:
+            raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
+                             f"data-parallel size {self.dp_size}")
+        self.run_dir = Path(cfg.run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+        self._check_run_dir(resume)
+        self.task = build_task(cfg)
+        self.ddp = build_ddp(self._initial_policy())
+        self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
+                             eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed)
+        self.step = 0
+        self.warm_start_summary: dict = {}
+        latest = latest_checkpoint(self.checkpoints) if resume else None
+        if latest is None and cfg.warm_start.max_steps:
+            self.warm_start_summary = warm_start(cfg, self.ddp, self.engine, self.task, self.dp_rank, self.dp_size,
+                                                 say=self.say)
+        self.optimizer = build_optimizer(self.ddp, cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer)
+        self.reference = ReferenceModel(self.ddp, on_host=cfg.algorithm.ref_on_host) \
+            if cfg.algorithm.uses_reference else None
+        if latest is not None:
+            self._resume_from(latest)
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        rewards = RewardRunner(RewardConfig(weights=cfg.rewards.weights, reward_kwargs=cfg.rewards.reward_kwargs,
+                                            num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s,
+                                            plugin_modules=tuple(cfg.rewards.plugin_modules)))
+        metrics = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
+                                resume_step=self.step if self.step else None, enabled=self.rank == 0)
+        progress = Progress(cfg.steps, initial_step=self.step, enabled=cfg.logging.progress and self.rank == 0)
+        with rewards, metrics, stop_on_sigterm() as stop:
+            while self.step < cfg.steps:
+                t_step = time.perf_counter()
+                stats = StepStats()
+                samples = self.rollout(rewards, stats)
+                batches = self.training_batches(samples, stats)
+                self.update(batches, stats)
+                self.step += 1
+                self.maybe_refresh_reference()
+                stats.add("time/step", time.perf_counter() - t_step)
+                record = self.step_metrics(stats)
+                metrics.log(self.step, record)
+                progress.update(self.step, record)
+                stopping = stop.agreed()
+                if stopping or self.step == cfg.steps or self._checkpoint_due():
+                    self.save()
+                if stopping:
+                    self.say(f"SIGTERM: checkpointed step {self.step} in {self.checkpoints}; resume with "
+                             f"`r1-megatron train grpo --resume {self.run_dir}`")
+                    break
+        progress.close()
+        return self.finish()
+
+    def rollout(self, rewards: RewardRunner, stats: StepStats) -> list[RolloutSample]:
+        """Generate and score this rank's share of the step's prompts; with dynamic sampling keep only groups
+        whose rewards differ, drawing more prompts for up to `dynamic_sampling_rounds` extra rounds."""
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        want = cfg.rollout.prompts_per_step // self.dp_size
+        kept: list[RolloutSample] = []
+        rounds = 1 + (cfg.algorithm.dynamic_sampling_rounds if cfg.algorithm.dynamic_sampling else 0)
+        for round_ in range(rounds):
+            prompts = self.task.dataset.next_batch(cfg.rollout.prompts_per_step)
+            share = split_parts(prompts, self.dp_size)[self.dp_rank]
+            first = self.dp_rank * len(share)
+            groups = self._generate_and_score(share, first, round_, rewards, stats)
+            if cfg.algorithm.dynamic_sampling:
+                groups = [g for g in groups if len({s.reward for s in g}) > 1]
+            kept.extend(s for g in groups[:want - len(kept) // G] for s in g)
+            if len(kept) >= want * G:
+                break
+        stats.add("rollout/groups_kept", len(kept) / G / want)
+        return kept
+
+    def _generate_and_score(self, prompts, first_index: int, round_: int, rewards, stats) -> list[list[RolloutSample]]:
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        r = cfg.rollout
+        params = [SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                 max_new_tokens=r.max_new_tokens, seed=sample_seed(cfg.seed, self.step, first_index + i,
+                                                                                   round_))
+                  for i in range(len(prompts))]
+        t0 = time.perf_counter()
+        offload = HostOffload(self.ddp, self.optimizer) if r.offload_training_state else None
+        with self.engine.generating(offload=offload):
+            completions = self.engine.generate([list(p.prompt_ids) for p in prompts], params)
+        t1 = time.perf_counter()
+        texts = [self.task.tokenizer.decode(c.token_ids) for c in completions]
+        scored = rewards.score(texts, [p.reward_sample() for p in prompts for _ in range(G)])
+        t2 = time.perf_counter()
+        rewards_B = torch.tensor(scored.total, dtype=torch.float32)
+        adv_B = group_advantages(rewards_B, G, std=cfg.algorithm.advantage_std, eps=cfg.algorithm.advantage_eps)
+        self._rollout_stats(stats, completions, scored, rewards_B, adv_B, t1 - t0, t2 - t1)
+        samples = [RolloutSample(list(prompts[c.prompt_index].prompt_ids), c.token_ids, c.logprobs, float(rw),
+                                 float(a), c.finish_reason is FinishReason.LENGTH)
+                   for c, rw, a in zip(completions, rewards_B.tolist(), adv_B.tolist())]
+        return [samples[i:i + G] for i in range(0, len(samples), G)]
+
+    def training_batches(self, samples: list[RolloutSample], stats: StepStats) -> list[list[dict]]:
+        """Mini-batches of micro-batches, the same count and [B, T] shape on every rank; old-policy and reference
+        log-probabilities filled in."""
+        cfg = self.cfg
+        seq_len = self._world_max(max((len(s.prompt_ids) + len(s.completion_ids) - 1 for s in samples), default=1))
+        minis = [micro_batches(part, cfg.algorithm.micro_batch_size, seq_len, pad_id=self.task.tokenizer.pad_token_id,
+                               mask_truncated=cfg.algorithm.mask_truncated)
+                 for part in split_parts(samples, cfg.algorithm.mini_batches)]
+        count = self._world_max(max(len(m) for m in minis))
+        for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
+            filler = m[0] if m else _empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len)
+            m.extend(empty_micro_batch(filler) for _ in range(count - len(m)))
+        flat = [mb for m in minis for mb in m]
+        t0 = time.perf_counter()
+        if cfg.algorithm.recompute_old_logprobs:
+            for mb, logp_BT in zip(flat, forward_logprobs(self.ddp, flat, cfg.rollout.temperature)):
+                self._mismatch(stats, logp_BT, mb)
+                mb["old_logprobs"] = logp_BT
+        if self.reference is not None:
+            for mb, ref_BT in zip(flat, self.reference.logprobs(flat, cfg.rollout.temperature)):
+                mb["ref_logprobs"] = ref_BT
+        stats.add("time/logprobs", time.perf_counter() - t0)
+        return minis
+
+    def update(self, minis: list[list[dict]], stats: StepStats) -> None:
+        """μ epochs over the mini-batches, one optimizer step each, through Megatron's schedule."""
+        t0 = time.perf_counter()
+        for epoch in range(self.cfg.algorithm.epochs):
+            for i, mini in enumerate(minis):
+                on_policy = epoch == 0 and i == 0 and not self.cfg.algorithm.recompute_old_logprobs
+                result = train_step(self.ddp, self.optimizer, self.scheduler, mini, self._loss_fn(stats, on_policy))
+                stats.add("loss/policy", result.loss)
+                stats.add("grad_norm", result.grad_norm)
+                stats.add("lr", result.lr)
+        stats.add("time/train", time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------------------------------- the loss
+
+    def _loss_fn(self, stats: StepStats, on_policy: bool):
+        """(Σ over units of the GRPO loss, units): Megatron divides the gradient by the global unit count, so every
+        aggregation mode is normalised over the whole mini-batch, across micro-batches and data-parallel ranks."""
+        loss_cfg = self.cfg.algorithm.loss_config(norm_length=self.cfg.rollout.max_new_tokens)
+        kwargs = {f.name: getattr(loss_cfg, f.name) for f in dataclasses.fields(loss_cfg)}
+        kwargs["temperature"] = self.cfg.rollout.temperature
+
+        def loss_fn(logits_BTV, batch):
+            loss, out = grpo_loss(logits_BTV, batch["labels"], batch["old_logprobs"], batch.get("ref_logprobs"),
+                                  batch["advantages"], batch["loss_mask"], tp_group=tensor_parallel_group(),
+                                  **kwargs)
+            tokens = float(batch["loss_mask"].sum())
+            for name in ("kl", "clip_frac", "entropy"):
+                stats.add(f"loss/{name}", float(out[name]), tokens)
+            if on_policy:
+                self._mismatch(stats, out["logp"], batch)
+            return loss, _units(loss_cfg.loss_agg, batch, loss_cfg.norm_length).to(loss.device)
+
+        return loss_fn
+
+    def _mismatch(self, stats: StepStats, train_logp_BT, batch) -> None:
+        """|train-forward logprob − rollout logprob| over loss tokens (on-policy, same weights: ~1e-6 in fp32)."""
+        mask_BT = batch["loss_mask"].bool()
+        diff = (train_logp_BT.detach().float().cpu()[:, :mask_BT.shape[1]] - batch["old_logprobs"])[mask_BT].abs()
+        stats.add("mismatch/mean", float(diff.sum()) / max(diff.numel(), 1), diff.numel())
+        stats.max("mismatch/max", float(diff.max()) if diff.numel() else 0.0)
+
+    # ---------------------------------------------------------------------------------------- bookkeeping
+
+    def _rollout_stats(self, stats, completions, scored, rewards_B, adv_B, gen_s, reward_s) -> None:
+        G = self.cfg.rollout.group_size
+        lengths = [len(c.token_ids) for c in completions]
+        stats.add_many("reward/total_mean", scored.total)
+        for name, values in scored.per_reward.items():
+            stats.add_many(f"reward/{name}_mean", values)
+        for role, name in (("accuracy", self.cfg.rewards.accuracy), ("format_rate", self.cfg.rewards.format)):
+            if name is not None:
+                stats.add_many(role, [float(v >= 1.0) for v in scored.per_reward[name]])
+        stats.add_many("response_length/mean", lengths)
+        stats.max("response_length/max", float(max(lengths)))
+        stats.add_many("response_length/truncated_frac", [c.finish_reason is FinishReason.LENGTH for c in completions])
+        stats.add_many("advantage/mean", adv_B.tolist())
+        stats.add_many("advantage/abs_mean", adv_B.abs().tolist())
+        stats.add_many("advantage/zero_group_frac", (rewards_B.view(-1, G).std(dim=1, unbiased=False) == 0).tolist())
+        stats.add("time/generate", gen_s)
+        stats.add("time/reward", reward_s)
+        stats.add("rollout/tokens", float(sum(lengths)))
+
+    def step_metrics(self, stats: StepStats) -> dict[str, float]:
+        for name in ("mismatch/mean", "loss/kl", "loss/clip_frac", "loss/entropy"):
+            stats.add(name, 0.0, 0.0)  # same keys on every rank
+        stats.max("mismatch/max", 0.0)
+        out = stats.reduce(self.dp_group)
+        tokens = out.pop("rollout/tokens") * self.cfg.rollout.prompts_per_step * self.cfg.rollout.group_size
+        out["throughput/tokens_per_s"] = tokens / max(out["time/step"], 1e-9)
+        out["advantage/std"] = out.pop("advantage/abs_mean")
+        out.update(self.warm_start_summary if self.step == 1 else {})
+        return out
+
+    def maybe_refresh_reference(self) -> None:
+        k = self.cfg.algorithm.ref_refresh_steps
+        if self.reference is not None and k and self.step % k == 0:
+            self.reference.refresh_from(self.ddp)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.cfg.checkpoint.every_steps
+        return bool(every) and self.step % every == 0
+
+    def save(self) -> Path:
+        extra = {"reference": self.reference.model} if self.reference is not None else None
+        return save_checkpoint(self.checkpoints, self.step, self.ddp, self.optimizer, self.scheduler,
+                               user_state={"data": self.task.dataset.state_dict()}, extra_models=extra)
+
+    def _resume_from(self, checkpoint: Path) -> None:
+        extra = {"reference": self.reference.model} if self.reference is not None else None
+        info = load_checkpoint(checkpoint, self.ddp, self.optimizer, self.scheduler, extra_models=extra)
+        self.task.dataset.load_state_dict(info.user_state["data"])
+        self.step = info.step
+        self.say(f"resumed from {checkpoint} at step {self.step}")
+
+    def finish(self) -> Path:
+        """Export the final policy and plot the metrics (rank 0); returns the run directory."""
+        if self.step < self.cfg.steps:
+            return self.run_dir
+        export = self.run_dir / "hf"
+        if self.cfg.checkpoint.export_hf and dist.get_world_size() == 1:
+            save_hf(unwrap(self.ddp), export, tokenizer_dir=self.task.tokenizer_dir)
+        elif self.cfg.checkpoint.export_hf and self.rank == 0:
+            self.say(f"export: run `r1-megatron export --ckpt {self.checkpoints} --out {export}` in one process")
+        if self.rank == 0:
+            from r1_megatron.plotting import plot_run
+
+            plot_run(self.run_dir)
+        return self.run_dir
+
+    # ------------------------------------------------------------------------------------------- set-up
+
+    def _initial_policy(self):
+        m = self.cfg.model
+        dtype = torch.bfloat16 if m.dtype == "bf16" else torch.float32
+        if m.path is not None:
+            return load_hf(m.path, dtype=dtype)
+        model_config = preset(m.preset)
+        if m.vocab_size is not None:
+            model_config = dataclasses.replace(model_config, vocab_size=m.vocab_size)
+        return build_model(model_config, dtype=dtype)
+
+    def _max_seq_len(self) -> int:
+        longest = max(len(s.prompt_ids) for s in self.task.dataset.samples)
+        return longest + self.cfg.rollout.max_new_tokens + 1
+
+    def _check_run_dir(self, resume: bool) -> None:
+        if not resume and latest_checkpoint(self.checkpoints) is not None:
+            raise ValueError(f"run_dir {self.run_dir} already holds checkpoints: resume it with `--resume "
+                             f"{self.run_dir}`, or set run_dir=... to start a new run")
+
+    def _world_max(self, value: int) -> int:
+        t = torch.tensor([value])
+        if dist.get_world_size() > 1:
+            dist.all_reduce(t, dist.ReduceOp.MAX, group=world_gloo_group())
+        return int(t.item())
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, flush=True)
+
+
+def _empty_micro_batch(batch: int, seq_len: int) -> dict:
+    ids_BT = torch.zeros(batch, seq_len, dtype=torch.int64)
+    return {"input_ids": ids_BT, "labels": ids_BT, "loss_mask": torch.zeros(batch, seq_len),
+            "old_logprobs": torch.zeros(batch, seq_len), "advantages": torch.zeros(batch), "valid": torch.zeros(batch)}
+
+
+def _units(agg: LossAgg, batch: dict, norm_length: int) -> torch.Tensor:
+    """The count that the summed loss of a micro-batch is divided by, globally (see AlgorithmConfig.loss_agg)."""
+    mask_BT = batch["loss_mask"]
+    if agg is LossAgg.TOKEN_MEAN:
+        return mask_BT.sum()
+    if agg is LossAgg.SEQ_MEAN_TOKEN_MEAN:
+        return (mask_BT.sum(dim=1) > 0).sum()
+    rows = batch["valid"].sum()
+    return rows * norm_length if agg is LossAgg.SEQ_MEAN_TOKEN_SUM_NORM else rows

@@ -1,0 +1,7 @@
+"""A test reward that an untrained model earns about 1 time in 10: rewards in a group differ, so GRPO updates."""
+from r1_megatron.rewards.registry import register_reward
+
+
+@register_reward("starts_with_one")
+def starts_with_one(completion: str, sample, **kwargs) -> float:
+    return 1.0 if completion.startswith("1") else 0.0
