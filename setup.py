@@ -47,7 +47,7 @@ setup(
     python_requires=">=3.10",
     packages=[NAME, *(f"{NAME}.{p}" for p in find_packages(NAME)), f"{NAME}.kernels"],
     package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},
-    package_data={NAME: ["py.typed"]},
+    package_data={NAME: ["py.typed", "grpo/recipes/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "megatron-core==0.16.1",  # the CPU compatibility layer patches this exact version's internals
@@ -60,6 +60,9 @@ setup(
         "pyyaml",
         "math-verify>=0.7",
         "pyarrow",
+        "tensorboard>=2.10",  # run metrics (MetricsLogger); tested with 2.21.0
+        "matplotlib>=3.5",  # r1-megatron plot; tested with 3.11.2
+        "tqdm>=4.60",  # the training progress bar
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=5.0"],

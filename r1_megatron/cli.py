@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +19,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--ckpt", required=True, help="a checkpoint directory, or a run's checkpoint root")
     export.add_argument("--out", required=True, help="HF directory to write (replaced atomically)")
     export.add_argument("--tokenizer", default=None, help="directory whose tokenizer files to copy alongside")
+    train = commands.add_parser("train", help="train a model (GRPO, R1-Zero style)")
+    algorithms = train.add_subparsers(dest="algorithm", metavar="ALGORITHM", required=True)
+    grpo = algorithms.add_parser("grpo", help="GRPO: rollout -> rule rewards -> group advantages -> clipped updates",
+                                 description="With no arguments: the built-in tiny CPU demo (r1_megatron/grpo/"
+                                             "recipes/tiny_demo.yaml). Under torchrun, every rank runs this command.")
+    grpo.add_argument("--config", default=None, help="YAML recipe (default: the built-in tiny demo)")
+    grpo.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    grpo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. steps=50 algorithm.kl_coef=0.01")
+    plot = commands.add_parser("plot", help="write PNG charts of a run's metrics (reward, accuracy, length, KL)")
+    plot.add_argument("run_dir")
     return parser
+
+
+def _train(args) -> int:
+    from r1_megatron.grpo.main import run_grpo
+
+    return run_grpo(args.config, args.resume, args.overrides)
+
+
+def _plot(args) -> int:
+    from r1_megatron.plotting import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
 
 
 def _export(args) -> int:
@@ -30,6 +55,8 @@ def _export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns at import time on every machine without TE/Apex; `r1-megatron info` reports backends
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -40,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from r1_megatron.info import main as run
         elif args.command == "export":
             run = _export
+        elif args.command == "train":
+            run = _train
+        elif args.command == "plot":
+            run = _plot
         else:
             from r1_megatron.forward_check import main as run
         return run(args)

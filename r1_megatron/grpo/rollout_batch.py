@@ -20,6 +20,13 @@ class RolloutSample:
     reward: float
     advantage: float
     truncated: bool  # finished by length, not by EOS
+    prompt_index: int  # the prompt's index within the step's global batch (over data-parallel ranks)
+
+
+def mini_batch_parts(samples: list[RolloutSample], parts: int) -> list[list[RolloutSample]]:
+    """Mini-batch i holds the groups of the prompts with global index ≡ i (mod parts): the same sequences whatever
+    the data-parallel size (contiguous slices of each rank's share would mix different prompts at DP2 than at DP1)."""
+    return [[s for s in samples if s.prompt_index % parts == i] for i in range(parts)]
 
 
 def split_parts(samples: list, parts: int) -> list[list]:

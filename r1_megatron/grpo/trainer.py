@@ -34,7 +34,7 @@ from .config import GRPORunConfig
 from .logprob_pass import forward_logprobs, tensor_parallel_group
 from .preemption import stop_on_sigterm, world_gloo_group
 from .reference import ReferenceModel
-from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, split_parts
+from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, split_parts
 from .step_stats import StepStats
 from .task import build_task, sample_seed
 from .warm_start import warm_start
@@ -148,7 +148,7 @@ class GRPOTrainer:
         adv_B = group_advantages(rewards_B, G, std=cfg.algorithm.advantage_std, eps=cfg.algorithm.advantage_eps)
         self._rollout_stats(stats, completions, scored, rewards_B, adv_B, t1 - t0, t2 - t1)
         samples = [RolloutSample(list(prompts[c.prompt_index].prompt_ids), c.token_ids, c.logprobs, float(rw),
-                                 float(a), c.finish_reason is FinishReason.LENGTH)
+                                 float(a), c.finish_reason is FinishReason.LENGTH, first_index + c.prompt_index)
                    for c, rw, a in zip(completions, rewards_B.tolist(), adv_B.tolist())]
         return [samples[i:i + G] for i in range(0, len(samples), G)]
 
@@ -159,7 +159,7 @@ class GRPOTrainer:
         seq_len = self._world_max(max((len(s.prompt_ids) + len(s.completion_ids) - 1 for s in samples), default=1))
         minis = [micro_batches(part, cfg.algorithm.micro_batch_size, seq_len, pad_id=self.task.tokenizer.pad_token_id,
                                mask_truncated=cfg.algorithm.mask_truncated)
-                 for part in split_parts(samples, cfg.algorithm.mini_batches)]
+                 for part in mini_batch_parts(samples, cfg.algorithm.mini_batches)]
         count = self._world_max(max(len(m) for m in minis))
         for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
             filler = m[0] if m else _empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len)

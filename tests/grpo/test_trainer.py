@@ -11,9 +11,9 @@ from r1_megatron.training.optimizer import OptimizerSettings
 TIMING_KEYS = ("time/", "throughput/", "reward/wall_s")
 
 
-def tiny_run(run_dir, steps=3, **algorithm) -> GRPORunConfig:
+def tiny_run(run_dir, initial_model, steps=3, **algorithm) -> GRPORunConfig:
     return GRPORunConfig(
-        run_dir=str(run_dir), steps=steps, seed=0, model=ModelSourceConfig(preset="demo-moe", dtype="fp32"),
+        run_dir=str(run_dir), steps=steps, seed=0, model=ModelSourceConfig(path=str(initial_model), dtype="fp32"),
         data=DataConfig(synthetic="arithmetic", template="raw", num_synthetic=200),
         rollout=RolloutConfig(prompts_per_step=4, group_size=4, max_new_tokens=4, max_batch_size=16),
         algorithm=AlgorithmConfig(**{"kl_coef": 0.01, "micro_batch_size": 4, "mini_batches": 2, **algorithm}),
@@ -30,9 +30,22 @@ def metrics(run_dir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def initial_model(tmp_path_factory):
+    """The demo MoE's random init as an HF checkpoint: random init differs between layouts (each expert-parallel
+    rank draws its experts from its own RNG stream), a loaded checkpoint does not."""
+    from r1_megatron.models import build_model, preset, save_hf
+    from r1_megatron.parallel import initialize
+    from r1_megatron.runtime import seed_everything
+
+    initialize()
+    seed_everything(0)
+    return save_hf(build_model(preset("demo-moe")), tmp_path_factory.mktemp("init") / "hf")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, initial_model):
     run_dir = tmp_path_factory.mktemp("grpo") / "run"
-    GRPOTrainer(tiny_run(run_dir)).train()
+    GRPOTrainer(tiny_run(run_dir, initial_model)).train()
     return run_dir
 
 
@@ -53,21 +66,34 @@ def test_a_run_logs_checkpoints_exports_and_plots(first_run):
     assert (first_run / "plots" / "summary.png").is_file()
 
 
-def test_the_same_seed_gives_the_same_metrics(first_run, tmp_path):
-    GRPOTrainer(tiny_run(tmp_path / "again")).train()
+def test_the_same_seed_gives_the_same_metrics(first_run, initial_model, tmp_path):
+    GRPOTrainer(tiny_run(tmp_path / "again", initial_model)).train()
     assert metrics(tmp_path / "again") == metrics(first_run)
 
 
-def test_a_run_directory_with_checkpoints_is_not_overwritten(first_run):
+def test_a_run_directory_with_checkpoints_is_not_overwritten(first_run, initial_model):
     with pytest.raises(ValueError, match="already holds checkpoints: resume it with `--resume"):
-        GRPOTrainer(tiny_run(first_run))
+        GRPOTrainer(tiny_run(first_run, initial_model))
 
 
-def test_resume_continues_to_the_same_metrics(first_run, tmp_path):
+def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path):
     """Stop after step 2 (its checkpoint), resume to step 3: the same metrics as the uninterrupted run."""
-    GRPOTrainer(tiny_run(tmp_path / "run", steps=2)).train()
-    cfg = tiny_run(tmp_path / "run", steps=3)
+    GRPOTrainer(tiny_run(tmp_path / "run", initial_model, steps=2)).train()
+    cfg = tiny_run(tmp_path / "run", initial_model, steps=3)
     trainer = GRPOTrainer(cfg, resume=True)
     assert trainer.step == 2
     trainer.train()
     assert metrics(tmp_path / "run") == metrics(first_run)
+
+
+@pytest.mark.parametrize("layout", ["ep2", "tp2"])
+def test_two_processes_give_the_single_process_metrics(first_run, initial_model, tmp_path, layout):
+    from tests.parallel.launch import torchrun
+
+    torchrun("grpo", tmp_path, nproc=2, extra=(layout, "2", str(initial_model)))
+    ours, want = metrics(tmp_path / layout), metrics(first_run)[:2]
+    assert [m["step"] for m in ours] == [1, 2]
+    for got, ref in zip(ours, want):
+        assert got.keys() == ref.keys()
+        for key in ref:  # the same samples and rewards; losses and norms within fp32 reduction-order noise
+            assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), (layout, got["step"], key)

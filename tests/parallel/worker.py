@@ -92,6 +92,18 @@ def generate_pp_scenario(workdir: Path, ckpt: str) -> dict:
     return {"error": None}
 
 
+def grpo_scenario(workdir: Path, layout: str, steps: str, initial_model: str) -> dict:
+    """A few steps of the tiny GRPO run of tests/grpo at `layout`; metrics land in workdir/<layout>/."""
+    from r1_megatron.grpo.trainer import GRPOTrainer
+    from tests.grpo.test_trainer import tiny_run
+
+    cfg = tiny_run(workdir / layout, initial_model, steps=int(steps))
+    cfg.parallel.tp, cfg.parallel.ep = LAYOUTS[layout].get("tp", 1), LAYOUTS[layout].get("ep", 1)
+    cfg.checkpoint.export_hf = False
+    GRPOTrainer(cfg).train()
+    return {}
+
+
 def _dp() -> tuple[int, int]:
     return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
 
@@ -166,7 +178,7 @@ def run_scenario(workdir: Path, total_steps: str, save_at: str, hang_after_save:
     return {"start": start}
 
 
-SCENARIOS = {"generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
+SCENARIOS = {"grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])
