@@ -183,7 +183,7 @@ class GRPOTrainer:
             for i, mini in enumerate(minis):
                 on_policy = epoch == 0 and i == 0 and not self.cfg.algorithm.recompute_old_logprobs
                 result = train_step(self.ddp, self.optimizer, self.scheduler, mini, self._loss_fn(stats, on_policy))
-                stats.add("loss/policy", result.loss)
+                stats.add("loss/total", result.loss)  # clipped surrogate + β·KL, as optimised
                 stats.add("grad_norm", result.grad_norm)
                 stats.add("lr", result.lr)
         stats.add("time/train", time.perf_counter() - t0)
@@ -232,20 +232,19 @@ class GRPOTrainer:
         stats.max("response_length/max", float(max(lengths)))
         stats.add_many("response_length/truncated_frac", [c.finish_reason is FinishReason.LENGTH for c in completions])
         stats.add_many("advantage/mean", adv_B.tolist())
-        stats.add_many("advantage/abs_mean", adv_B.abs().tolist())
+        stats.add_many("advantage/square_mean", adv_B.square().tolist())
         stats.add_many("advantage/zero_group_frac", (rewards_B.view(-1, G).std(dim=1, unbiased=False) == 0).tolist())
         stats.add("time/generate", gen_s)
         stats.add("time/reward", reward_s)
-        stats.add("rollout/tokens", float(sum(lengths)))
+        stats.total("rollout/tokens", float(sum(lengths)))
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         for name in ("mismatch/mean", "loss/kl", "loss/clip_frac", "loss/entropy"):
             stats.add(name, 0.0, 0.0)  # same keys on every rank
         stats.max("mismatch/max", 0.0)
         out = stats.reduce(self.dp_group)
-        tokens = out.pop("rollout/tokens") * self.cfg.rollout.prompts_per_step * self.cfg.rollout.group_size
-        out["throughput/tokens_per_s"] = tokens / max(out["time/step"], 1e-9)
-        out["advantage/std"] = out.pop("advantage/abs_mean")
+        out["throughput/tokens_per_s"] = out.pop("rollout/tokens") / max(out["time/step"], 1e-9)  # generated
+        out["advantage/std"] = max(out.pop("advantage/square_mean") - out["advantage/mean"] ** 2, 0.0) ** 0.5
         out.update(self.warm_start_summary if self.step == 1 else {})
         return out
 

@@ -63,3 +63,22 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(tmp_path):
     want, got = _final_weights(whole), _final_weights(killed)
     assert want.keys() == got.keys()
     assert all((want[k] == got[k]).all() for k in want)
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "r1_megatron", "train", "grpo", f"run_dir={run_dir}", "steps=1000", *TINY]
+    with ProcessGroup(cmd, worker_env()) as proc:
+        deadline = time.time() + 240
+        while not (run_dir / "checkpoints" / "step_00000002").is_dir():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # what SLURM sends before the time limit
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    stopped = int(latest.removeprefix("step_"))
+    assert 2 <= stopped < 1000
+    assert f"SIGTERM: checkpointed step {stopped}" in out
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == stopped  # every finished step was logged, none after the checkpoint

@@ -42,11 +42,32 @@ def initial_model(tmp_path_factory):
     return save_hf(build_model(preset("demo-moe")), tmp_path_factory.mktemp("init") / "hf")
 
 
+KERNEL_CALLS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, initial_model):
+    """The 3-step run, recording which Triton kernel modules the trainer's loss and advantages launched."""
+    import importlib
+    from unittest import mock
+
+    # importlib: the package re-exports functions under these module names
+    advantage_module = importlib.import_module("r1_megatron.kernels.group_advantage")
+    loss_module = importlib.import_module("r1_megatron.kernels.grpo_loss")
+
+    def spy(real):
+        return lambda name: KERNEL_CALLS.append(name) or real(name)
+
     run_dir = tmp_path_factory.mktemp("grpo") / "run"
-    GRPOTrainer(tiny_run(run_dir, initial_model)).train()
+    with mock.patch.object(loss_module, "triton_module", spy(loss_module.triton_module)), \
+            mock.patch.object(advantage_module, "triton_module", spy(advantage_module.triton_module)):
+        GRPOTrainer(tiny_run(run_dir, initial_model)).train()
     return run_dir
+
+
+def test_loss_and_advantages_run_the_triton_kernels(first_run):
+    """Under TRITON_INTERPRET=1 (tests/conftest.py) the trainer's math is the Triton kernels, not a second copy."""
+    assert {"grpo_loss_triton", "group_advantage_triton"} <= set(KERNEL_CALLS)
 
 
 def test_a_run_logs_checkpoints_exports_and_plots(first_run):
