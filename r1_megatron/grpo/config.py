@@ -12,6 +12,8 @@ from typing import Any
 from r1_megatron.data.synthetic import ArithmeticConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
+from r1_megatron.rollout.sampling_params import SamplingParams
+from r1_megatron.runtime import ParallelConfig
 from r1_megatron.training.optimizer import OptimizerSettings
 
 
@@ -50,6 +52,12 @@ class ParallelRunConfig:
     ep: int = 1
     etp: int | None = None
     sp: bool | None = None
+
+    def __post_init__(self):
+        try:
+            ParallelConfig(tp=self.tp, pp=self.pp, ep=self.ep, etp=self.etp, sp=self.sp)
+        except ValueError as e:
+            raise ValueError(f"parallel: {e}") from None
 
 
 @dataclasses.dataclass
@@ -97,6 +105,11 @@ class RolloutConfig:
                   max_new_tokens=self.max_new_tokens, max_batch_size=self.max_batch_size)
         if not self.temperature > 0:
             raise ValueError(f"rollout.temperature must be > 0 for RL sampling, got {self.temperature!r}")
+        try:
+            SamplingParams(n=self.group_size, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                           max_new_tokens=self.max_new_tokens)
+        except ValueError as e:
+            raise ValueError(f"rollout: {e}") from None
 
 
 @dataclasses.dataclass
@@ -168,6 +181,13 @@ class RewardsConfig:
     plugin_modules: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
+        from r1_megatron.rewards.runner import RewardConfig
+
+        try:  # reward names (plugins imported first), weights, workers, timeout
+            RewardConfig(weights=self.weights, reward_kwargs=self.reward_kwargs, num_workers=self.num_workers,
+                         timeout_s=self.timeout_s, plugin_modules=tuple(self.plugin_modules))
+        except (ValueError, ImportError) as e:
+            raise ValueError(f"rewards: {e}") from None
         for role in ("accuracy", "format"):
             name = getattr(self, role)
             if name is not None and name not in self.weights:
@@ -179,7 +199,7 @@ class RewardsConfig:
 class WarmStartConfig:
     """A supervised pass on the task's answers before RL (for the synthetic demo: RL needs some reward > 0 to
     learn from). Stops once greedy accuracy on `eval_prompts` held-out prompts reaches `target_accuracy`, checked
-    every `eval_every` steps, or after `max_steps`. steps 0 = no warm start."""
+    every `eval_every` steps, or after `max_steps`. max_steps 0 = no warm start."""
 
     max_steps: int = 0
     target_accuracy: float = 0.2

@@ -118,3 +118,19 @@ def test_two_processes_give_the_single_process_metrics(first_run, initial_model,
         assert got.keys() == ref.keys()
         for key in ref:  # the same samples and rewards; losses and norms within fp32 reduction-order noise
             assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), (layout, got["step"], key)
+
+
+def test_algorithm_variants_run(initial_model, tmp_path):
+    """DAPO/Dr.GRPO-style options together: clip-higher, dual clip, dynamic sampling, masked truncation, the
+    constant normaliser, no std, recomputed old logprobs, μ = 2 epochs, a reference refreshed every step."""
+    cfg = tiny_run(tmp_path / "run", initial_model, steps=2, clip_eps_high=0.28, dual_clip=3.0, dynamic_sampling=True,
+                   dynamic_sampling_rounds=2, mask_truncated=True, loss_agg="seq-mean-token-sum-norm",
+                   advantage_std="none", recompute_old_logprobs=True, epochs=2, ref_refresh_steps=1,
+                   kl_estimator="k2")
+    GRPOTrainer(cfg).train()
+    lines = metrics(tmp_path / "run")
+    assert [m["step"] for m in lines] == [1, 2]
+    for m in lines:
+        assert 0 < m["rollout/groups_kept"] <= 1  # only groups whose rewards differ were kept
+        assert m["mismatch/max"] <= 1e-5  # recomputed old logprobs equal the engine's
+        assert m["grad_norm"] > 0
