@@ -58,20 +58,20 @@ def test_every_recipe_loads_and_round_trips(path, tmp_path):
 def test_default_is_the_packaged_tiny_demo():
     cfg = load_run_config(None, [])
     assert cfg == load_run_config(DEFAULT_RECIPE, [])
-    assert (cfg.run_dir, cfg.steps, cfg.seed) == ("runs/tiny_demo", 300, 0)
-    assert (cfg.model.preset, cfg.model.vocab_size, cfg.model.dtype) == ("tiny-moe", 20, "fp32")
+    assert (cfg.run_dir, cfg.steps, cfg.seed) == ("runs/tiny_demo-{time}", 500, 0)
+    assert (cfg.model.preset, cfg.model.vocab_size, cfg.model.dtype) == ("demo-moe", None, "fp32")
     assert (cfg.data.synthetic, cfg.data.template, cfg.data.num_synthetic) == ("arithmetic", "raw", 20000)
     r = cfg.rollout
     assert (r.prompts_per_step, r.group_size, r.temperature, r.max_new_tokens, r.max_batch_size) == (32, 8, 1.0, 4, 256)
     a = cfg.algorithm
     assert (a.kl_coef, a.mini_batches, a.epochs, a.micro_batch_size, a.loss_agg) == (0.0, 1, 1, 256, "token-mean")
     o = cfg.optimizer
-    assert (o.lr, o.warmup_steps, o.clip_grad, o.adam_beta2) == (1e-3, 0, 1.0, 0.999)
+    assert (o.lr, o.warmup_steps, o.clip_grad, o.adam_beta2) == (3e-4, 0, 1.0, 0.999)
     assert cfg.rewards.weights == {"arithmetic_exact": 1.0} and cfg.rewards.format is None
     assert (cfg.rewards.accuracy, cfg.rewards.num_workers) == ("arithmetic_exact", 1)
     w = cfg.warm_start
     assert (w.max_steps, w.target_accuracy, w.eval_every, w.eval_prompts, w.batch_size, w.lr) == \
-        (400, 0.2, 10, 200, 64, 3e-3)
+        (1000, 0.2, 10, 200, 64, 1e-3)
     assert (cfg.checkpoint.every_steps, cfg.checkpoint.export_hf) == (100, True)
     assert (cfg.logging.tensorboard, cfg.logging.progress) == (True, True)
 
@@ -291,7 +291,7 @@ def test_validation_errors_are_reraised_with_their_source(tmp_path):
     assert config_error(path) == f"{path}:2: ArithmeticConfig.num_digits must be in 1..9, got 12"
     # a cross-section check (GRPORunConfig.__post_init__) names the key given on the command line
     assert config_error(None, ["algorithm.mini_batches=3"]).startswith(
-        "command line, tiny_demo.yaml:23: algorithm.mini_batches=3 must divide")
+        "command line, tiny_demo.yaml:22: algorithm.mini_batches=3 must divide")
     # a rule about two keys from two sources names both
     assert config_error(None, ["model.path=/m"]).startswith("tiny_demo.yaml:14, command line: model: set exactly one")
 
