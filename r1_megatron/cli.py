@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from r1_megatron.forward_check import main as run
         return run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"r1-megatron {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

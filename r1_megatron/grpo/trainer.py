@@ -59,6 +59,7 @@ class GRPOTrainer:
         self.run_dir = Path(cfg.run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
         self._check_run_dir(resume)
+        self.resumed = resume
         self.task = build_task(cfg)
         self.ddp = build_ddp(self._initial_policy())
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
@@ -84,7 +85,7 @@ class GRPOTrainer:
                                             num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s,
                                             plugin_modules=tuple(cfg.rewards.plugin_modules)))
         metrics = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
-                                resume_step=self.step if self.step else None, enabled=self.rank == 0)
+                                resume_step=self.step if self.resumed else None, enabled=self.rank == 0)
         progress = Progress(cfg.steps, initial_step=self.step, enabled=cfg.logging.progress and self.rank == 0)
         with rewards, metrics, stop_on_sigterm() as stop:
             while self.step < cfg.steps:
@@ -117,15 +118,17 @@ class GRPOTrainer:
         kept: list[RolloutSample] = []
         rounds = 1 + (cfg.algorithm.dynamic_sampling_rounds if cfg.algorithm.dynamic_sampling else 0)
         for round_ in range(rounds):
+            # collective: every rank draws the round's prompts (same data position) and enters generate (expert-
+            # parallel lockstep), a rank that already has enough groups with no prompts of its own
+            if not self._world_max(int(len(kept) < want * G)):
+                break
             prompts = self.task.dataset.next_batch(cfg.rollout.prompts_per_step)
-            share = split_parts(prompts, self.dp_size)[self.dp_rank]
-            first = self.dp_rank * len(share)
-            groups = self._generate_and_score(share, first, round_, rewards, stats)
+            share = split_parts(prompts, self.dp_size)[self.dp_rank] if len(kept) < want * G else []
+            groups = self._generate_and_score(share, self.dp_rank * (len(prompts) // self.dp_size), round_, rewards,
+                                              stats)
             if cfg.algorithm.dynamic_sampling:
                 groups = [g for g in groups if len({s.reward for s in g}) > 1]
             kept.extend(s for g in groups[:want - len(kept) // G] for s in g)
-            if len(kept) >= want * G:
-                break
         stats.add("rollout/groups_kept", len(kept) / G / want)
         return kept
 
@@ -140,6 +143,8 @@ class GRPOTrainer:
         offload = HostOffload(self.ddp, self.optimizer) if r.offload_training_state else None
         with self.engine.generating(offload=offload):
             completions = self.engine.generate([list(p.prompt_ids) for p in prompts], params)
+        if not prompts:
+            return []
         t1 = time.perf_counter()
         texts = [self.task.tokenizer.decode(c.token_ids) for c in completions]
         scored = rewards.score(texts, [p.reward_sample() for p in prompts for _ in range(G)])
