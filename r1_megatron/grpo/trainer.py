@@ -149,7 +149,7 @@ class GRPOTrainer:
         texts = [self.task.tokenizer.decode(c.token_ids) for c in completions]
         scored = rewards.score(texts, [p.reward_sample() for p in prompts for _ in range(G)])
         t2 = time.perf_counter()
-        rewards_B = torch.tensor(scored.total, dtype=torch.float32)
+        rewards_B = torch.tensor(scored.total, dtype=torch.float32, device=self.engine.device)  # GPU: Triton kernel
         adv_B = group_advantages(rewards_B, G, std=cfg.algorithm.advantage_std, eps=cfg.algorithm.advantage_eps)
         self._rollout_stats(stats, completions, scored, rewards_B, adv_B, t1 - t0, t2 - t1)
         samples = [RolloutSample(list(prompts[c.prompt_index].prompt_ids), c.token_ids, c.logprobs, float(rw),
@@ -169,6 +169,8 @@ class GRPOTrainer:
         for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
             filler = m[0] if m else _empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len)
             m.extend(empty_micro_batch(filler) for _ in range(count - len(m)))
+        device = self.engine.device
+        minis = [[{k: v.to(device) for k, v in mb.items()} for mb in m] for m in minis]
         flat = [mb for m in minis for mb in m]
         t0 = time.perf_counter()
         if cfg.algorithm.recompute_old_logprobs:
@@ -217,8 +219,9 @@ class GRPOTrainer:
 
     def _mismatch(self, stats: StepStats, train_logp_BT, batch) -> None:
         """|train-forward logprob − rollout logprob| over loss tokens (on-policy, same weights: ~1e-6 in fp32)."""
-        mask_BT = batch["loss_mask"].bool()
-        diff = (train_logp_BT.detach().float().cpu()[:, :mask_BT.shape[1]] - batch["old_logprobs"])[mask_BT].abs()
+        mask_BT = batch["loss_mask"].bool().cpu()
+        old_BT = batch["old_logprobs"].cpu()
+        diff = (train_logp_BT.detach().float().cpu()[:, :mask_BT.shape[1]] - old_BT)[mask_BT].abs()
         stats.add("mismatch/mean", float(diff.sum()) / max(diff.numel(), 1), diff.numel())
         stats.max("mismatch/max", float(diff.max()) if diff.numel() else 0.0)
 
@@ -236,6 +239,7 @@ class GRPOTrainer:
         stats.add_many("response_length/mean", lengths)
         stats.max("response_length/max", float(max(lengths)))
         stats.add_many("response_length/truncated_frac", [c.finish_reason is FinishReason.LENGTH for c in completions])
+        adv_B, rewards_B = adv_B.cpu(), rewards_B.cpu()
         stats.add_many("advantage/mean", adv_B.tolist())
         stats.add_many("advantage/square_mean", adv_B.square().tolist())
         stats.add_many("advantage/zero_group_frac", (rewards_B.view(-1, G).std(dim=1, unbiased=False) == 0).tolist())

@@ -58,7 +58,8 @@ def warm_start(cfg: GRPORunConfig, ddp_model, engine: Engine, task: Task, dp_ran
     while step < ws.max_steps and accuracy < ws.target_accuracy:
         problems = arithmetic_problems(ws.batch_size, rng.getrandbits(63), cfg.data.arithmetic)
         share = problems[dp_rank::dp_size]
-        train_step(ddp_model, optimizer, scheduler, [sft_batch(task, share)], next_token_cross_entropy)
+        batch = {k: v.to(engine.device) for k, v in sft_batch(task, share).items()}
+        train_step(ddp_model, optimizer, scheduler, [batch], next_token_cross_entropy)
         step += 1
         if step % ws.eval_every == 0:
             accuracy = greedy_accuracy(engine, task, task.held_out)

@@ -141,7 +141,7 @@ class Engine:
                 parallel_state.get_tensor_model_parallel_world_size() == 1:
             return
         digest = hashlib.sha256(repr((prompts, params, self.generator.get_state().tolist())).encode()).digest()
-        mine = torch.tensor(list(digest[:8]), dtype=torch.int64)
+        mine = torch.tensor(list(digest[:8]), dtype=torch.int64, device=self.device)  # NCCL needs device tensors
         group = parallel_state.get_tensor_model_parallel_group()
         low, high = mine.clone(), mine.clone()
         torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN, group=group)
