@@ -143,6 +143,17 @@ def _ensure_rng_tracker_streams() -> None:
     torch.set_rng_state(cpu_state)
 
 
+_WORLD_GLOO = None
+
+
+def world_gloo_group():
+    """The whole world as a gloo group, for small collectives on host tensors whatever the main backend is."""
+    global _WORLD_GLOO
+    if _WORLD_GLOO is None:
+        _WORLD_GLOO = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _WORLD_GLOO
+
+
 def ensure_parallel_state() -> ParallelConfig:
     """The current layout; a single-process layout is initialised when none exists."""
     from megatron.core import parallel_state

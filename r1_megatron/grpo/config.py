@@ -44,23 +44,6 @@ class ModelSourceConfig:
 
 
 @dataclasses.dataclass
-class ParallelRunConfig:
-    """Model-parallel sizes (data parallelism takes the rest of the world). See README, "Choosing a layout"."""
-
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    etp: int | None = None
-    sp: bool | None = None
-
-    def __post_init__(self):
-        try:
-            ParallelConfig(tp=self.tp, pp=self.pp, ep=self.ep, etp=self.etp, sp=self.sp)
-        except ValueError as e:
-            raise ValueError(f"parallel: {e}") from None
-
-
-@dataclasses.dataclass
 class DataConfig:
     """Prompts: JSONL/Parquet files (`paths`, with the field names), or the built-in synthetic addition task
     (`synthetic: arithmetic`). The tokenizer comes from `tokenizer` (a directory), else from model.path."""
@@ -243,7 +226,7 @@ class GRPORunConfig:
     steps: int = 100
     seed: int = 0
     model: ModelSourceConfig = dataclasses.field(default_factory=lambda: ModelSourceConfig(preset="tiny-moe"))
-    parallel: ParallelRunConfig = dataclasses.field(default_factory=ParallelRunConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)  # see README, "Choosing a layout"
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic="arithmetic"))
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)

@@ -11,6 +11,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from r1_megatron.runtime import world_gloo_group
+
 
 class StopRequest:
     def __init__(self):
@@ -25,17 +27,6 @@ class StopRequest:
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, dist.ReduceOp.MAX, group=world_gloo_group())
         return bool(flag.item())
-
-
-_GROUP = None
-
-
-def world_gloo_group():
-    """A gloo group, so the flag all-reduce runs on host tensors whatever the main backend is."""
-    global _GROUP
-    if _GROUP is None:
-        _GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-    return _GROUP
 
 
 @contextlib.contextmanager

@@ -69,6 +69,6 @@ def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, ma
             "advantages": adv_B, "valid": valid_B}
 
 
-def empty_micro_batch(like: dict) -> dict:
+def empty_micro_batch(batch: int, seq_len: int) -> dict:
     """A micro-batch with no loss tokens (zero gradient): keeps ranks' forward counts equal (MoE all-to-all)."""
-    return {k: torch.zeros_like(v) for k, v in like.items()}
+    return _micro_batch([None] * batch, seq_len, pad_id=0, mask_truncated=False)

@@ -19,10 +19,9 @@ from megatron.core import parallel_state
 from r1_megatron.kernels import group_advantages, grpo_loss
 from r1_megatron.kernels.options import LossAgg
 from r1_megatron.models import build_model, load_hf, preset, save_hf
-from r1_megatron.parallel import initialize
 from r1_megatron.rewards.runner import RewardConfig, RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
-from r1_megatron.runtime import seed_everything
+from r1_megatron.runtime import initialize_parallel, seed_everything, world_gloo_group
 from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1_megatron.training.metrics_log import MetricsLogger
 from r1_megatron.training.offload import HostOffload
@@ -32,7 +31,7 @@ from r1_megatron.training.step import build_ddp, train_step, unwrap
 
 from .config import GRPORunConfig
 from .logprob_pass import forward_logprobs, tensor_parallel_group
-from .preemption import stop_on_sigterm, world_gloo_group
+from .preemption import stop_on_sigterm
 from .reference import ReferenceModel
 from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, split_parts
 from .step_stats import StepStats
@@ -43,11 +42,10 @@ from .warm_start import warm_start
 class GRPOTrainer:
     def __init__(self, cfg: GRPORunConfig, *, resume: bool = False):
         self.cfg = cfg
-        p = cfg.parallel
-        if p.pp > 1:
+        if cfg.parallel.pp > 1:
             raise ValueError("parallel.pp > 1: the generation engine does not support pipeline parallelism yet; "
                              "use tp/ep (and data parallelism) for GRPO")
-        initialize(tp=p.tp, pp=p.pp, ep=p.ep, etp=p.etp, sp=p.sp)
+        initialize_parallel(cfg.parallel)
         seed_everything(cfg.seed)
         self.rank = dist.get_rank()
         self.dp_rank = parallel_state.get_data_parallel_rank()
@@ -167,8 +165,7 @@ class GRPOTrainer:
                  for part in mini_batch_parts(samples, cfg.algorithm.mini_batches)]
         count = self._world_max(max(len(m) for m in minis))
         for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
-            filler = m[0] if m else _empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len)
-            m.extend(empty_micro_batch(filler) for _ in range(count - len(m)))
+            m.extend(empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len) for _ in range(count - len(m)))
         device = self.engine.device
         minis = [[{k: v.to(device) for k, v in mb.items()} for mb in m] for m in minis]
         flat = [mb for m in minis for mb in m]
@@ -323,12 +320,6 @@ class GRPOTrainer:
     def say(self, message: str) -> None:
         if self.rank == 0:
             print(message, flush=True)
-
-
-def _empty_micro_batch(batch: int, seq_len: int) -> dict:
-    ids_BT = torch.zeros(batch, seq_len, dtype=torch.int64)
-    return {"input_ids": ids_BT, "labels": ids_BT, "loss_mask": torch.zeros(batch, seq_len),
-            "old_logprobs": torch.zeros(batch, seq_len), "advantages": torch.zeros(batch), "valid": torch.zeros(batch)}
 
 
 def _units(agg: LossAgg, batch: dict, norm_length: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from megatron.core import parallel_state
 
 from r1_megatron.models import load_hf, logits
-from r1_megatron.parallel import initialize
+from r1_megatron.parallel import ParallelConfig, initialize
 from r1_megatron.rollout import Engine, SamplingParams
 from r1_megatron.runtime import seed_everything
 from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -98,7 +98,7 @@ def grpo_scenario(workdir: Path, layout: str, steps: str, initial_model: str) ->
     from tests.grpo.test_trainer import tiny_run
 
     cfg = tiny_run(workdir / layout, initial_model, steps=int(steps))
-    cfg.parallel.tp, cfg.parallel.ep = LAYOUTS[layout].get("tp", 1), LAYOUTS[layout].get("ep", 1)
+    cfg.parallel = ParallelConfig(**LAYOUTS[layout])
     cfg.checkpoint.export_hf = False
     GRPOTrainer(cfg).train()
     return {}
