@@ -70,9 +70,17 @@ def build_arithmetic_tokenizer(directory: str | os.PathLike) -> str:
     tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ARITHMETIC_SPECIALS + ARITHMETIC_SPARES])
-    tokenizer.save(os.path.join(directory, "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
               "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": 64, "clean_up_tokenization_spaces": False}
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    # Every rank of a run builds the same files at once: each writes its own temp file and renames it into place,
+    # so no rank can read a file another rank has just truncated.
+    _write_atomically(os.path.join(directory, "tokenizer.json"), tokenizer.to_str(pretty=True))
+    _write_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(config, indent=2))
     return directory
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -40,3 +40,23 @@ def test_dataset_from_synthetic_records(tmp_path):
                                     PromptDataConfig(paths=("<arithmetic>",), template="raw", seed=1), tokenizer)
     assert len(ds) == 50 and all(len(s.prompt_ids) == 6 for s in ds.samples)
     assert tokenizer.decode(ds.samples[0].prompt_ids) == ds.samples[0].question
+
+
+def _build_and_load_repeatedly(directory: str, rounds: int) -> None:
+    for _ in range(rounds):
+        load_tokenizer(build_arithmetic_tokenizer(directory))
+
+
+def test_ranks_building_the_tokenizer_at_once_never_read_a_partial_file(tmp_path):
+    # Every rank of a multi-process run builds the demo tokenizer into the same run directory at the same time; a
+    # rank must never load a file that another rank has just truncated (this once failed a 2-rank run in CI).
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_build_and_load_repeatedly, args=(str(tmp_path / "tok"), 60)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sorted(f.name for f in (tmp_path / "tok").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
