@@ -172,6 +172,7 @@ class SamplingBatch:
     steps_B: torch.Tensor
     top_k_B: torch.Tensor | None = None
     top_p_B: torch.Tensor | None = None
+    all_greedy: bool = False  # every row has T == 0: plain argmax, with no [B, V] noise draw or sort
 
     @classmethod
     def from_rows(cls, params: Sequence[SamplingParams], seeds: Sequence[int], steps: Sequence[int],
@@ -187,7 +188,12 @@ class SamplingBatch:
             seeds_B=torch.tensor(list(seeds), dtype=torch.int64, device=device),
             steps_B=torch.tensor(list(steps), dtype=torch.int64, device=device),
             top_k_B=torch.tensor(top_k, dtype=torch.int64, device=device) if any(top_k) else None,
-            top_p_B=torch.tensor(top_p, dtype=torch.float32, device=device) if min(top_p, default=1) < 1 else None)
+            top_p_B=torch.tensor(top_p, dtype=torch.float32, device=device) if min(top_p, default=1) < 1 else None,
+            all_greedy=all(p.temperature == 0 for p in params))
 
     def sample(self, logits_BV: torch.Tensor, impl: SamplingImpl = SamplingImpl.AUTO) -> SampleOutput:
+        if self.all_greedy:
+            # the rule's greedy case (truncation always keeps the maximum; NaN wins, ties go to the lowest id)
+            tokens_B = torch.argmax(logits_BV, dim=1)
+            return SampleOutput(tokens_B, token_logprobs(logits_BV, self.temperature_B, tokens_B))
         return sample(logits_BV, self.temperature_B, self.seeds_B, self.steps_B, self.top_k_B, self.top_p_B, impl)

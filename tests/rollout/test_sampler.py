@@ -170,6 +170,21 @@ def test_sampling_batch_from_rows_matches_explicit_tensors():
         SamplingBatch.from_rows(params, seeds[:2], steps)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_greedy_batch_takes_the_argmax_shortcut_with_the_general_rule(dtype):
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0, top_k=2, top_p=0.3)] * 3
+    batch = SamplingBatch.from_rows(params, [1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5])
+    assert batch.all_greedy and not SamplingBatch.from_rows(params + [SamplingParams()], [0] * 7, [0] * 7).all_greedy
+    logits_BV = torch.randn(6, 33, generator=torch.Generator().manual_seed(3)).to(dtype)
+    logits_BV[1, [4, 9]] = 50.0  # a tie: the lowest id wins
+    logits_BV[2, 7] = float("nan")  # a NaN wins, as in the general rule
+    got = batch.sample(logits_BV)
+    general = sample(logits_BV, batch.temperature_B, batch.seeds_B, batch.steps_B, batch.top_k_B, batch.top_p_B)
+    assert got.tokens_B[1] == 4 and got.tokens_B[2] == 7
+    assert torch.equal(got.tokens_B, general.tokens_B)
+    torch.testing.assert_close(got.logprobs_B, general.logprobs_B, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(top_k_B=_i64([1, 2, 3])), "top_k_B must be an integer tensor of shape"),
     (dict(top_k_B=torch.ones(2)), "top_k_B must be an integer tensor"),
