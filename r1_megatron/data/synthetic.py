@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+import socket
 from typing import Any, Mapping
 
 ARITHMETIC_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -80,7 +81,7 @@ def build_arithmetic_tokenizer(directory: str | os.PathLike) -> str:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"  # unique per rank, also across nodes sharing a disk
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
