@@ -154,6 +154,14 @@ def world_gloo_group():
     return _WORLD_GLOO
 
 
+def world_max(value: int) -> int:
+    """The largest `value` over all ranks (collective: every rank calls it); `value` itself in one process."""
+    t = torch.tensor([value])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, dist.ReduceOp.MAX, group=world_gloo_group())
+    return int(t.item())
+
+
 def ensure_parallel_state() -> ParallelConfig:
     """The current layout; a single-process layout is initialised when none exists."""
     from megatron.core import parallel_state

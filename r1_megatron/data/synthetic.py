@@ -6,8 +6,9 @@ import dataclasses
 import json
 import os
 import random
-import socket
 from typing import Any, Mapping
+
+from r1_megatron.atomic_file import write_text_atomically
 
 ARITHMETIC_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 ARITHMETIC_CHARS = tuple("0123456789") + ("+", "=")
@@ -73,15 +74,7 @@ def build_arithmetic_tokenizer(directory: str | os.PathLike) -> str:
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ARITHMETIC_SPECIALS + ARITHMETIC_SPARES])
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
               "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": 64, "clean_up_tokenization_spaces": False}
-    # Every rank of a run builds the same files at once: each writes its own temp file and renames it into place,
-    # so no rank can read a file another rank has just truncated.
-    _write_atomically(os.path.join(directory, "tokenizer.json"), tokenizer.to_str(pretty=True))
-    _write_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(config, indent=2))
+    # every rank of a run builds these files at once: no rank may read a file another has just truncated
+    write_text_atomically(os.path.join(directory, "tokenizer.json"), tokenizer.to_str(pretty=True))
+    write_text_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(config, indent=2))
     return directory
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"  # unique per rank, also across nodes sharing a disk
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

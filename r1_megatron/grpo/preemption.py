@@ -8,10 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 
-import torch
-import torch.distributed as dist
-
-from r1_megatron.runtime import world_gloo_group
+from r1_megatron.runtime import world_max
 
 
 class StopRequest:
@@ -23,10 +20,7 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """True on every rank once any rank received SIGTERM (collective: call on all ranks)."""
-        flag = torch.tensor([int(self.local)])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, dist.ReduceOp.MAX, group=world_gloo_group())
-        return bool(flag.item())
+        return bool(world_max(int(self.local)))
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from r1_megatron.kernels.options import LossAgg
 from r1_megatron.models import build_model, load_hf, preset, save_hf
 from r1_megatron.rewards.runner import RewardConfig, RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
-from r1_megatron.runtime import initialize_parallel, seed_everything, world_gloo_group
+from r1_megatron.runtime import initialize_parallel, seed_everything, world_max
 from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1_megatron.training.metrics_log import MetricsLogger
 from r1_megatron.training.offload import HostOffload
@@ -118,7 +118,7 @@ class GRPOTrainer:
         for round_ in range(rounds):
             # collective: every rank draws the round's prompts (same data position) and enters generate (expert-
             # parallel lockstep), a rank that already has enough groups with no prompts of its own
-            if not self._world_max(int(len(kept) < want * G)):
+            if not world_max(int(len(kept) < want * G)):
                 break
             prompts = self.task.dataset.next_batch(cfg.rollout.prompts_per_step)
             share = split_parts(prompts, self.dp_size)[self.dp_rank] if len(kept) < want * G else []
@@ -159,11 +159,11 @@ class GRPOTrainer:
         """Mini-batches of micro-batches, the same count and [B, T] shape on every rank; old-policy and reference
         log-probabilities filled in."""
         cfg = self.cfg
-        seq_len = self._world_max(max((len(s.prompt_ids) + len(s.completion_ids) - 1 for s in samples), default=1))
+        seq_len = world_max(max((len(s.prompt_ids) + len(s.completion_ids) - 1 for s in samples), default=1))
         minis = [micro_batches(part, cfg.algorithm.micro_batch_size, seq_len, pad_id=self.task.tokenizer.pad_token_id,
                                mask_truncated=cfg.algorithm.mask_truncated)
                  for part in mini_batch_parts(samples, cfg.algorithm.mini_batches)]
-        count = self._world_max(max(len(m) for m in minis))
+        count = world_max(max(len(m) for m in minis))
         for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
             m.extend(empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len) for _ in range(count - len(m)))
         device = self.engine.device
@@ -264,16 +264,18 @@ class GRPOTrainer:
         return bool(every) and self.step % every == 0
 
     def save(self) -> Path:
-        extra = {"reference": self.reference.model} if self.reference is not None else None
         return save_checkpoint(self.checkpoints, self.step, self.ddp, self.optimizer, self.scheduler,
-                               user_state={"data": self.task.dataset.state_dict()}, extra_models=extra)
+                               user_state={"data": self.task.dataset.state_dict()}, extra_models=self._extra_models())
 
     def _resume_from(self, checkpoint: Path) -> None:
-        extra = {"reference": self.reference.model} if self.reference is not None else None
-        info = load_checkpoint(checkpoint, self.ddp, self.optimizer, self.scheduler, extra_models=extra)
+        info = load_checkpoint(checkpoint, self.ddp, self.optimizer, self.scheduler, extra_models=self._extra_models())
         self.task.dataset.load_state_dict(info.user_state["data"])
         self.step = info.step
         self.say(f"resumed from {checkpoint} at step {self.step}")
+
+    def _extra_models(self) -> dict | None:
+        """The models a checkpoint holds besides the policy: the frozen reference, when the KL term uses one."""
+        return {"reference": self.reference.model} if self.reference is not None else None
 
     def finish(self) -> Path:
         """Export the final policy and plot the metrics (rank 0); returns the run directory."""
@@ -310,12 +312,6 @@ class GRPOTrainer:
         if not resume and latest_checkpoint(self.checkpoints) is not None:
             raise ValueError(f"run_dir {self.run_dir} already holds checkpoints: resume it with `--resume "
                              f"{self.run_dir}`, or set run_dir=... to start a new run")
-
-    def _world_max(self, value: int) -> int:
-        t = torch.tensor([value])
-        if dist.get_world_size() > 1:
-            dist.all_reduce(t, dist.ReduceOp.MAX, group=world_gloo_group())
-        return int(t.item())
 
     def say(self, message: str) -> None:
         if self.rank == 0:

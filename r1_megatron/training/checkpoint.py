@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from r1_megatron.atomic_file import write_text_atomically
 from r1_megatron.runtime import current_parallel_config
 from r1_megatron.training.step import unwrap
 
@@ -170,12 +171,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, scheduler,
                     user_state: dict | None = None, extra_models: dict | None = None) -> Path:
     """Collectively save a checkpoint of step `step` under `root`; returns its directory.
@@ -210,7 +205,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, schedu
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
-        _write_atomically(root / "latest", final.name)
+        write_text_atomically(root / "latest", final.name)
     _barrier()
     return final
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from r1_megatron.atomic_file import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -72,23 +73,10 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return [record for _, record in _read_lines(path)]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _truncate_after(path: Path, resume_step: int) -> int | None:
     """Keep only the lines of steps <= resume_step (rewritten atomically); return the last kept step."""
     kept = [(line, rec) for line, rec in _read_lines(path) if rec["step"] <= resume_step]
-    _atomic_write(path, "".join(line + "\n" for line, _ in kept))
+    write_text_atomically(path, "".join(line + "\n" for line, _ in kept))
     return max((rec["step"] for _, rec in kept), default=None)
 
 
