@@ -80,3 +80,50 @@ def prompts(vocab_size: int, seed: int = 0) -> list[torch.Tensor]:
 @torch.no_grad()
 def hf_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids).logits.float()
+
+
+# ---- a tiny Qwen2 HF directory as a new user would have it: weights, a BPE tokenizer and a chat template ------
+
+CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # Qwen2's: pad/eos of base models, chat markers
+CHAT_TEMPLATE = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                 "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+                 "{%- endif %}")
+CHAT_VOCAB = 384  # the byte-level alphabet (256) + specials + merges; divisible by TP 2 and 4
+
+
+def chat_tokenizer():
+    """A byte-level BPE (Qwen2's kind) trained on arithmetic text, with Qwen2's special tokens and chat template:
+    transformers' PreTrainedTokenizerFast, eos <|im_end|>, pad <|endoftext|>, no bos."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [f"What is {a} + {b}? The sum is {a + b}. #### {a + b}" for a in range(40) for b in range(0, 40, 3)]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=CHAT_VOCAB, special_tokens=list(CHAT_SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHAT_TEMPLATE)
+
+
+def qwen2_chat_dir(directory, seed: int = 0):
+    """Write a random tiny Qwen2ForCausalLM with `chat_tokenizer()` to `directory` (config.json with the special
+    token ids, generation_config.json, safetensors, tokenizer.json, tokenizer_config.json, chat_template.jinja, as
+    transformers' save_pretrained writes them); returns the directory."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = chat_tokenizer()
+    assert len(tokenizer) <= CHAT_VOCAB
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=CHAT_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0), rms_norm_eps=1e-6,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model = Qwen2ForCausalLM(config).float().eval()
+    perturb_(model, seed + 1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
