@@ -44,6 +44,8 @@ setup(
     description="DeepSeek-R1-style reasoning RL (GRPO) on Megatron-Core with fused Triton kernels",
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
+    license="MIT",  # as DeepSeek-R1's code and weights
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=[NAME, *(f"{NAME}.{p}" for p in find_packages(NAME)), f"{NAME}.kernels"],
     package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},

@@ -69,8 +69,10 @@ class GRPOLossConfig:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         set_("kl_estimator", parse_enum(KLEstimator, self.kl_estimator, "kl_estimator"))
         set_("loss_agg", parse_enum(LossAgg, self.loss_agg, "loss_agg"))
-        _require(math.isfinite(self.clip_eps_low) and 0 <= self.clip_eps_low < 1, "clip_eps_low",
-                 self.clip_eps_low, "must be in [0, 1)")
+        # ε_low >= 1 is allowed: the ratio is positive, so the lower bound 1 - ε <= 0 then never binds (R1's
+        # stage-1 RL uses ε = 10, which leaves the ratio unclipped in practice)
+        _require(math.isfinite(self.clip_eps_low) and self.clip_eps_low >= 0, "clip_eps_low", self.clip_eps_low,
+                 "must be a finite number >= 0")
         if self.clip_eps_high is None:
             set_("clip_eps_high", self.clip_eps_low)
         _require(math.isfinite(self.clip_eps_high) and self.clip_eps_high >= 0, "clip_eps_high",

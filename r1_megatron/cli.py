@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
+
+from r1_megatron import warning_filters
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "recipes/tiny_demo.yaml). Under torchrun, every rank runs this command.")
     grpo.add_argument("--config", default=None, help="YAML recipe (default: the built-in tiny demo)")
     grpo.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    grpo.add_argument("--print-config", action="store_true",
+                      help="print the fully resolved config (every key, defaults included) as YAML and exit")
     grpo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. steps=50 algorithm.kl_coef=0.01")
     plot = commands.add_parser("plot", help="write PNG charts of a run's metrics (reward, accuracy, length, KL)")
     plot.add_argument("run_dir")
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from r1_megatron.grpo.main import run_grpo
 
-    return run_grpo(args.config, args.resume, args.overrides)
+    return run_grpo(args.config, args.resume, args.overrides, print_config=args.print_config)
 
 
 def _plot(args) -> int:
@@ -55,8 +58,7 @@ def _export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # megatron-core warns at import time on every machine without TE/Apex; `r1-megatron info` reports backends
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
+    warning_filters.install()  # before any command imports megatron-core, which warns at import time
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

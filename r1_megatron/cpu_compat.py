@@ -9,6 +9,7 @@ megatron-core version (setup.py pins 0.16.1).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -46,16 +47,27 @@ class _NullStreamOrEvent:
         return 0.0
 
 
-class _CudaDeviceToCpu(torch.overrides.TorchFunctionMode):
-    """Tensor factories called with device="cuda" (e.g. torch.empty(..., device=torch.cuda.current_device()))
-    allocate on CPU instead."""
+# Megatron allocates with device="cuda" literals (the optimizer's found_inf, the schedules' token counts, clip_grads'
+# norms, MoE trackers): these tensor factories map a CUDA device to the CPU. Only the factories are wrapped, not
+# every torch call (a TorchFunctionMode would put a Python hook on every operation of every user's run).
+_FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
+              "zeros_like", "ones_like", "empty_like", "full_like", "eye", "triu_indices")
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        device = kwargs.get("device")
-        if device is not None and torch.device(device).type == "cuda":
+
+def _is_cuda(device) -> bool:
+    if isinstance(device, int) and not isinstance(device, bool):
+        return True  # an integer device is a CUDA ordinal in torch
+    return isinstance(device, (str, torch.device)) and torch.device(device).type == "cuda"
+
+
+def _on_cpu(factory):
+    @functools.wraps(factory)
+    def cpu_factory(*args, **kwargs):
+        if _is_cuda(kwargs.get("device")):
             kwargs["device"] = "cpu"
-        return func(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    return cpu_factory
 
 
 def _patch_torch_cuda() -> None:
@@ -76,7 +88,8 @@ def _patch_torch_cuda() -> None:
     torch.cuda.manual_seed_all = lambda seed: None
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     torch.cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
-    _CudaDeviceToCpu().__enter__()
+    for name in _FACTORIES:
+        setattr(torch, name, _on_cpu(getattr(torch, name)))
 
 
 def _patch_tensor_type_string() -> None:

@@ -135,6 +135,7 @@ def _apply_override(data: dict, sources: dict[Key, str], item: str) -> None:
     for depth, part in enumerate(parts[:-1]):
         if section.get(part) is None:  # absent, or an empty section (`model:` with nothing under it)
             section[part] = {}
+            sources.setdefault(parts[:depth + 1], COMMAND_LINE)  # a section named only here (maybe misspelled)
         inner = section[part]
         if not isinstance(inner, dict):
             raise ConfigError(f"{COMMAND_LINE}: override {item!r}: '{'.'.join(parts[:depth + 1])}' is a value "

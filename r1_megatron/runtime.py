@@ -10,20 +10,15 @@ import datetime
 import os
 import random
 import socket
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from r1_megatron import cpu_compat
+from r1_megatron import cpu_compat, warning_filters
 
-# megatron-core warns at import time for every optional accelerator library it lacks; the fallbacks it names are
-# exactly what we use without TransformerEngine/Apex, so the warnings carry no information for our users.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed.*")
-# TransformerConfig warns that its own default cuda_graph_scope value is deprecated.
-warnings.filterwarnings("ignore", message=r".*cuda_graph_scope.*")
+warning_filters.install()
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,7 @@ def test_overrides_nested_list_null_bool_enum_dict():
         "algorithm.kl_coef=0.01", "rollout.group_size=4", "data.synthetic=null", "data.paths=[a.jsonl, b.jsonl]",
         "logging.tensorboard=false", "optimizer.decay=cosine", "optimizer.decay_steps=50",
         "rewards.weights.arithmetic_exact=2", "data.arithmetic.num_digits=3", "model.vocab_size=null",
-        "run_dir=/tmp/x y"])
+        "run_dir=/tmp/x y", "warm_start.max_steps=0"])
     assert cfg.algorithm.kl_coef == 0.01 and cfg.rollout.group_size == 4
     assert cfg.data.paths == ["a.jsonl", "b.jsonl"] and cfg.data.synthetic is None
     assert cfg.logging.tensorboard is False and cfg.optimizer.decay is LRDecay.COSINE
@@ -205,7 +205,7 @@ def test_overrides_nested_list_null_bool_enum_dict():
 
 def test_numbers_int_promotes_to_float_and_yaml11_exponents_are_floats():
     cfg = load_run_config(None, ["algorithm.kl_coef=1", "optimizer.lr=3e-6", "data.paths=one.jsonl",
-                                 "data.synthetic=null"])
+                                 "data.synthetic=null", "warm_start.max_steps=0"])
     assert type(cfg.algorithm.kl_coef) is float and cfg.algorithm.kl_coef == 1.0
     assert cfg.optimizer.lr == 3e-6  # PyYAML reads "3e-6" as a string; float fields take the numeral
     assert cfg.data.paths == ["one.jsonl"]
@@ -233,6 +233,9 @@ def test_unknown_override_key_suggests():
     assert config_error(None, ["rollout.kl_coef=0.1"]) == \
         "command line: unknown key 'rollout.kl_coef' (did you mean 'algorithm.kl_coef'?)"
     assert config_error(None, ["nonsense_key=1"]) == "command line: unknown key 'nonsense_key'"
+    # a misspelled section exists only on the command line: the recipe file is not blamed for it
+    assert config_error(None, ["algorithmm.kl_coef=0.1"]) == \
+        "command line: unknown key 'algorithmm' (did you mean 'algorithm'?)"
 
 
 def test_malformed_overrides():
@@ -294,6 +297,9 @@ def test_validation_errors_are_reraised_with_their_source(tmp_path):
         "command line, tiny_demo.yaml:22: algorithm.mini_batches=3 must divide")
     # a rule about two keys from two sources names both
     assert config_error(None, ["model.path=/m"]).startswith("tiny_demo.yaml:14, command line: model: set exactly one")
+    # the warm start is the synthetic task's SFT pass; with prompt files it would have nothing to train on
+    assert config_error(None, ["data.synthetic=null", "data.paths=[a.jsonl]"]).startswith(
+        "tiny_demo.yaml:52, command line, tiny_demo.yaml:13: warm_start.max_steps=1000: the warm start trains on")
 
 
 # ---- the generic builder on a schema of its own -----------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 from r1_megatron.data.synthetic import ArithmeticConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
+from r1_megatron.models.source import ModelSourceConfig
 from r1_megatron.rollout.sampling_params import SamplingParams
 from r1_megatron.runtime import ParallelConfig
 from r1_megatron.training.optimizer import OptimizerSettings
@@ -21,26 +22,6 @@ def _positive(owner: str, **values) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
-
-
-@dataclasses.dataclass
-class ModelSourceConfig:
-    """The policy's initial weights: an HF directory (`path`), or a built-in preset with random init (`preset`,
-    optionally with a smaller vocabulary for a synthetic task's tokenizer). dtype: fp32 or bf16."""
-
-    path: str | None = None
-    preset: str | None = None
-    vocab_size: int | None = None
-    dtype: str = "bf16"
-
-    def __post_init__(self):
-        if (self.path is None) == (self.preset is None):
-            raise ValueError(f"model: set exactly one of model.path (an HF directory) and model.preset, got "
-                             f"path={self.path!r}, preset={self.preset!r}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"model.dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
-        if self.vocab_size is not None and self.preset is None:
-            raise ValueError("model.vocab_size overrides a preset's vocabulary; an HF checkpoint keeps its own")
 
 
 @dataclasses.dataclass
@@ -72,7 +53,7 @@ class DataConfig:
 @dataclasses.dataclass
 class RolloutConfig:
     """Generation: `prompts_per_step` prompts (global, over data-parallel ranks) × `group_size` samples each.
-    R1-Zero: G = 16, 32 prompts per step, temperature 1 (r1_reference.md)."""
+    R1-Zero: G = 16, 32 prompts per step, temperature 1 (docs/r1_reference.md)."""
 
     prompts_per_step: int = 32
     group_size: int = 16
@@ -214,8 +195,17 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class LoggingConfig:
+    """tensorboard: mirror metrics (and sampled completions, as text) to RUN_DIR/tensorboard; progress: the
+    progress bar/lines; samples_per_step: completions written to RUN_DIR/samples.jsonl each step with their prompt
+    and rewards (one of each of the first prompts of data-parallel rank 0; 0 = none)."""
+
     tensorboard: bool = True
     progress: bool = True
+    samples_per_step: int = 4
+
+    def __post_init__(self):
+        if not isinstance(self.samples_per_step, int) or self.samples_per_step < 0:
+            raise ValueError(f"logging.samples_per_step must be an integer >= 0, got {self.samples_per_step!r}")
 
 
 @dataclasses.dataclass
@@ -238,6 +228,10 @@ class GRPORunConfig:
 
     def __post_init__(self):
         _positive("run", steps=self.steps)
+        if self.warm_start.max_steps and self.data.synthetic is None:
+            raise ValueError(f"warm_start.max_steps={self.warm_start.max_steps}: the warm start trains on the built-in "
+                             "synthetic task's answers (data.synthetic); with prompt files (data.paths) set "
+                             "warm_start.max_steps=0 and start from a fine-tuned model.path")
         total = self.rollout.prompts_per_step * self.rollout.group_size
         if total % self.algorithm.mini_batches:
             raise ValueError(f"algorithm.mini_batches={self.algorithm.mini_batches} must divide the rollout's "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def resolve_run(config_path: str | None, resume: str | None, overrides: list[str]):
     """The run config: the recipe (default: the built-in tiny demo) + overrides, or, with --resume, the resumed
-    run's own saved config.yaml + overrides. `{time}` in run_dir becomes a timestamp (new runs only)."""
+    run's own saved config.yaml + overrides."""
     from r1_megatron.run_config import load_run_config
 
     if resume is not None:
@@ -15,24 +15,28 @@ def resolve_run(config_path: str | None, resume: str | None, overrides: list[str
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {resume}: no config.yaml there (not a run directory)")
         return load_run_config(str(saved), overrides)
-    cfg = load_run_config(config_path, overrides)
-    cfg.run_dir = cfg.run_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S"))
-    return cfg
+    return load_run_config(config_path, overrides)
 
 
-def run_grpo(config_path: str | None, resume: str | None, overrides: list[str]) -> int:
+def run_grpo(config_path: str | None, resume: str | None, overrides: list[str], *, print_config: bool = False) -> int:
     import torch.distributed as dist
 
     from r1_megatron.grpo.trainer import GRPOTrainer
     from r1_megatron.run_config import dump_run_config
 
     cfg = resolve_run(config_path, resume, overrides)
+    if print_config:  # a recipe to start from: `r1-megatron train grpo --print-config > my_recipe.yaml`
+        print(dump_run_config(cfg), end="")
+        return 0
+    if resume is None:
+        cfg.run_dir = cfg.run_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S"))
     started = time.perf_counter()
-    trainer = GRPOTrainer(cfg, resume=resume is not None)
-    if trainer.rank == 0:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "config.yaml").write_text(dump_run_config(cfg))
-    run_dir = trainer.train()
+    try:
+        trainer = GRPOTrainer(cfg, resume=resume is not None)
+        run_dir = trainer.train()
+    finally:  # every exit path, errors included: ranks must not wait on a peer that has left
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if trainer.rank == 0:
         print(f"\nrun finished in {time.perf_counter() - started:.0f} s (step {trainer.step}/{cfg.steps})")
         print(f"  run directory: {run_dir}")
@@ -41,6 +45,4 @@ def run_grpo(config_path: str | None, resume: str | None, overrides: list[str]) 
         print(f"  checkpoints:   {run_dir / 'checkpoints'}")
         if (run_dir / "hf").is_dir():
             print(f"  HF model:      {run_dir / 'hf'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return 0

@@ -16,14 +16,15 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from r1_megatron.atomic_file import write_text_atomically
 from r1_megatron.kernels import group_advantages, grpo_loss
 from r1_megatron.kernels.options import LossAgg
-from r1_megatron.models import build_model, load_hf, preset, save_hf
+from r1_megatron.models import save_hf
 from r1_megatron.rewards.runner import RewardConfig, RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.runtime import initialize_parallel, seed_everything, world_max
 from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1_megatron.training.metrics_log import MetricsLogger
+from r1_megatron.training.metrics_log import MetricsLogger, read_metrics
 from r1_megatron.training.offload import HostOffload
 from r1_megatron.training.optimizer import build_optimizer, build_scheduler
 from r1_megatron.training.progress import Progress
@@ -56,15 +57,16 @@ class GRPOTrainer:
                              f"data-parallel size {self.dp_size}")
         self.run_dir = Path(cfg.run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
-        self._check_run_dir(resume)
-        self.resumed = resume
+        cfg.model.check_path()
+        latest = self._prepare_run_dir(resume)
+        self.resumed = latest is not None
         self.task = build_task(cfg)
-        self.ddp = build_ddp(self._initial_policy())
+        self.ddp = build_ddp(cfg.model.build(), distributed_optimizer=cfg.optimizer.distributed_optimizer)
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
                              eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed)
         self.step = 0
+        self.step_samples: list[dict] = []  # the completions samples.jsonl shows of the current step
         self.warm_start_summary: dict = {}
-        latest = latest_checkpoint(self.checkpoints) if resume else None
         if latest is None and cfg.warm_start.max_steps:
             self.warm_start_summary = warm_start(cfg, self.ddp, self.engine, self.task, self.dp_rank, self.dp_size,
                                                  say=self.say)
@@ -74,6 +76,8 @@ class GRPOTrainer:
             if cfg.algorithm.uses_reference else None
         if latest is not None:
             self._resume_from(latest)
+        elif self.warm_start_summary:
+            self.save()  # step 0: a run killed later resumes after its warm start instead of redoing it
 
     # ------------------------------------------------------------------------------------------- the loop
 
@@ -97,6 +101,7 @@ class GRPOTrainer:
                 stats.add("time/step", time.perf_counter() - t_step)
                 record = self.step_metrics(stats)
                 metrics.log(self.step, record)
+                metrics.log_samples(self.step, self.step_samples)
                 progress.update(self.step, record)
                 stopping = stop.agreed()
                 if stopping or self.step == cfg.steps or self._checkpoint_due():
@@ -150,6 +155,8 @@ class GRPOTrainer:
         rewards_B = torch.tensor(scored.total, dtype=torch.float32, device=self.engine.device)  # GPU: Triton kernel
         adv_B = group_advantages(rewards_B, G, std=cfg.algorithm.advantage_std, eps=cfg.algorithm.advantage_eps)
         self._rollout_stats(stats, completions, scored, rewards_B, adv_B, t1 - t0, t2 - t1)
+        if round_ == 0:
+            self.step_samples = self._shown_samples(prompts, completions, texts, scored, adv_B)
         samples = [RolloutSample(list(prompts[c.prompt_index].prompt_ids), c.token_ids, c.logprobs, float(rw),
                                  float(a), c.finish_reason is FinishReason.LENGTH, first_index + c.prompt_index)
                    for c, rw, a in zip(completions, rewards_B.tolist(), adv_B.tolist())]
@@ -244,6 +251,17 @@ class GRPOTrainer:
         stats.add("time/reward", reward_s)
         stats.total("rollout/tokens", float(sum(lengths)))
 
+    def _shown_samples(self, prompts, completions, texts, scored, adv_B) -> list[dict]:
+        """What samples.jsonl shows of this rank's rollout: the first completion of each of the first prompts."""
+        G, shown = self.cfg.rollout.group_size, []
+        for i in range(0, min(len(completions), G * self.cfg.logging.samples_per_step), G):
+            c = completions[i]
+            shown.append({"prompt": prompts[c.prompt_index].prompt, "completion": texts[i],
+                          "rewards": {name: values[i] for name, values in scored.per_reward.items()},
+                          "reward": scored.total[i], "advantage": float(adv_B[i]),
+                          "finish_reason": c.finish_reason.value, "tokens": len(c.token_ids)})
+        return shown
+
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         for name in ("mismatch/mean", "loss/kl", "loss/clip_frac", "loss/entropy"):
             stats.add(name, 0.0, 0.0)  # same keys on every rank
@@ -264,12 +282,14 @@ class GRPOTrainer:
         return bool(every) and self.step % every == 0
 
     def save(self) -> Path:
+        user_state = {"data": self.task.dataset.state_dict(), "warm_start": self.warm_start_summary}
         return save_checkpoint(self.checkpoints, self.step, self.ddp, self.optimizer, self.scheduler,
-                               user_state={"data": self.task.dataset.state_dict()}, extra_models=self._extra_models())
+                               user_state=user_state, extra_models=self._extra_models())
 
     def _resume_from(self, checkpoint: Path) -> None:
         info = load_checkpoint(checkpoint, self.ddp, self.optimizer, self.scheduler, extra_models=self._extra_models())
         self.task.dataset.load_state_dict(info.user_state["data"])
+        self.warm_start_summary = info.user_state.get("warm_start", {})  # step 1 reports it, resumed or not
         self.step = info.step
         self.say(f"resumed from {checkpoint} at step {self.step}")
 
@@ -294,28 +314,42 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------------------- set-up
 
-    def _initial_policy(self):
-        m = self.cfg.model
-        dtype = torch.bfloat16 if m.dtype == "bf16" else torch.float32
-        if m.path is not None:
-            return load_hf(m.path, dtype=dtype)
-        model_config = preset(m.preset)
-        if m.vocab_size is not None:
-            model_config = dataclasses.replace(model_config, vocab_size=m.vocab_size)
-        return build_model(model_config, dtype=dtype)
-
     def _max_seq_len(self) -> int:
         longest = max(len(s.prompt_ids) for s in self.task.dataset.samples)
         return longest + self.cfg.rollout.max_new_tokens + 1
 
-    def _check_run_dir(self, resume: bool) -> None:
-        if not resume and latest_checkpoint(self.checkpoints) is not None:
-            raise ValueError(f"run_dir {self.run_dir} already holds checkpoints: resume it with `--resume "
-                             f"{self.run_dir}`, or set run_dir=... to start a new run")
+    def _prepare_run_dir(self, resume: bool) -> Path | None:
+        """The checkpoint to resume from (None: start from the beginning), after refusing what would lose work;
+        then the run directory holds config.yaml before any long work starts (a run killed in its set-up or warm
+        start can be resumed). A new run never reuses a directory with checkpoints or logged steps; --resume of a
+        run with no checkpoint starts it over only when it had logged no step (nothing is lost)."""
+        latest = latest_checkpoint(self.checkpoints)
+        logged = _logged_steps(self.run_dir)
+        if not resume and (latest is not None or logged):
+            raise ValueError(f"run_dir {self.run_dir} already holds a run ({'checkpoints' if latest else 'metrics'})"
+                             f": resume it with `--resume {self.run_dir}`, or set run_dir=... to start a new run")
+        if resume and latest is None:
+            if logged:
+                raise ValueError(f"--resume {self.run_dir}: no checkpoint to resume from, and {logged} logged step(s) "
+                                 "would be redone; start a new run (run_dir=...) or delete the directory")
+            self.say(f"--resume {self.run_dir}: no checkpoint yet (stopped before its first step); starting over")
+        if self.rank == 0:
+            from r1_megatron.run_config import dump_run_config
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(self.run_dir / "config.yaml", dump_run_config(self.cfg))
+        return latest
 
     def say(self, message: str) -> None:
         if self.rank == 0:
             print(message, flush=True)
+
+
+def _logged_steps(run_dir: Path) -> int:
+    try:
+        return len(read_metrics(run_dir))
+    except FileNotFoundError:
+        return 0
 
 
 def _units(agg: LossAgg, batch: dict, norm_length: int) -> torch.Tensor:

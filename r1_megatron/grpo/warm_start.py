@@ -1,9 +1,9 @@
 """Supervised warm start on the task's answers, stopped adaptively on held-out greedy accuracy.
 
 RL learns only from groups whose rewards differ: a random model never solves a problem, so every advantage is 0
-and nothing moves (demo_spike.md, failure F3). A short SFT pass that stops once greedy accuracy reaches ~0.2
+and nothing moves (docs/tiny_demo.md). A short SFT pass that stops once greedy accuracy reaches ~0.2
 leaves most groups of G samples with both right and wrong answers, the regime where GRPO learns fastest; a fixed
-step count either undershoots or makes RL a mere sharpening of an already solved task (F1, F2).
+step count either undershoots or makes RL a mere sharpening of an already solved task.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def warm_start(cfg: GRPORunConfig, ddp_model, engine: Engine, task: Task, dp_ran
                say=print) -> dict:
     """Train on fresh problems until greedy accuracy >= target or max_steps; returns a summary dict."""
     ws = cfg.warm_start
-    settings = OptimizerSettings(lr=ws.lr, warmup_steps=0, clip_grad=1.0, adam_beta2=0.999)
+    settings = OptimizerSettings(lr=ws.lr, warmup_steps=0, clip_grad=1.0, adam_beta2=0.999,
+                                 distributed_optimizer=cfg.optimizer.distributed_optimizer)
     optimizer = build_optimizer(ddp_model, settings)
     scheduler = build_scheduler(optimizer, settings)
     rng = random.Random(f"warm-start:{cfg.seed}")

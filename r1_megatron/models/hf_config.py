@@ -118,8 +118,9 @@ def _moe(f: _Fields) -> MoEConfig:
 def _deepseek_v3(f: _Fields, drop_mtp: bool) -> dict:
     f.expect("attention_bias", {False}, False, "attention biases are not supported")
     if f.get("num_nextn_predict_layers", 0) and not drop_mtp:
-        raise f.error("num_nextn_predict_layers", "multi-token prediction (MTP) is not implemented; load with "
-                                                  "drop_mtp=True to leave the MTP layers out, as transformers does")
+        raise f.error("num_nextn_predict_layers", "multi-token prediction (MTP) is not implemented; leave the MTP "
+                                                  "layers out as transformers does: model.drop_mtp=true in a run "
+                                                  "config, load_hf(..., drop_mtp=True) in Python")
     mla = MLAConfig(q_lora_rank=f.get("q_lora_rank"), kv_lora_rank=f.need("kv_lora_rank"),
                     qk_nope_head_dim=f.need("qk_nope_head_dim"), qk_rope_head_dim=f.need("qk_rope_head_dim"),
                     v_head_dim=f.need("v_head_dim"))

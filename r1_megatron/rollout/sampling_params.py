@@ -1,6 +1,6 @@
 """Per-request sampling settings, shaped like vLLM's `SamplingParams`, and the DeepSeek-R1 presets.
 
-Presets (/work/shared/docs/r1_reference.md): RL rollouts sample at temperature 1.0 with G = 16 outputs per
+Presets (docs/r1_reference.md): RL rollouts sample at temperature 1.0 with G = 16 outputs per
 question and up to 32,768 tokens ("Hyperparameters": R1-Zero and R1 stage-1 RL; stage-2 RL uses 0.7);
 evaluation samples at temperature 0.6, top-p 0.95, k samples per question (4–64), up to 32,768 tokens
 ("Evaluation protocol").

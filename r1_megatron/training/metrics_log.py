@@ -8,7 +8,8 @@ occurred); `read_metrics` turns them back into floats.
 Crash safety: every line is flushed as soon as it is written, so a killed process loses at most the line being
 written. Resuming from a checkpoint of step N (`resume_step=N`) keeps the lines of steps <= N and drops the rest
 (they belong to steps that will be recomputed), so a killed-and-resumed run ends with exactly one line per step;
-TensorBoard is told the same through `purge_step`.
+TensorBoard is told the same through `purge_step`. `log_samples` keeps RUN_DIR/samples.jsonl (a few completions per
+step with their prompts and rewards) under the same rules.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 from r1_megatron.atomic_file import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"  # what the model wrote: {"step", "prompt", "completion", ...} per line
 TENSORBOARD_DIR = "tensorboard"
 _STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _TB_FLUSH_SECS = 30  # SummaryWriter's default of 120 s loses two minutes of charts on a crash
@@ -89,6 +91,13 @@ def _tensorboard_writer(log_dir: Path, purge_step: int | None):
     return SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=_TB_FLUSH_SECS)
 
 
+def _sample_markdown(sample: Mapping[str, Any]) -> str:
+    """TensorBoard renders text as markdown: the texts go in code blocks (so `<think>` and `#` show as written)."""
+    fields = ", ".join(f"{k}: {v}" for k, v in sample.items() if k not in ("prompt", "completion"))
+    fence = lambda text: "```\n" + str(text).replace("```", "` ` `") + "\n```"  # noqa: E731
+    return f"{fields}\n\n{fence(sample.get('prompt', ''))}\n\n{fence(sample.get('completion', ''))}"
+
+
 class MetricsLogger:
     """Writes one record per training step; construct with enabled=False on every rank but the logging one.
 
@@ -100,7 +109,7 @@ class MetricsLogger:
                  enabled: bool = True):
         self.enabled = enabled
         self.path = metrics_path(run_dir)
-        self._file = None
+        self._file = self._samples = None
         self._tb = None
         self._last_step: int | None = None
         if not enabled:
@@ -111,6 +120,11 @@ class MetricsLogger:
             purge = None if resume_step is None else resume_step + 1
             self._tb = _tensorboard_writer(self.path.parent / TENSORBOARD_DIR, purge)
         self._file = open(self.path, "a")
+        self.samples_path = self.path.parent / SAMPLES_FILE
+        samples_exist = self.samples_path.is_file() and self.samples_path.stat().st_size > 0
+        if samples_exist:  # a new run's samples start empty; a resumed run's lose the steps it recomputes
+            _truncate_after(self.samples_path, -1 if resume_step is None else resume_step)
+        # self._samples is opened by the first log_samples: a run that shows no samples writes no file
 
     def _prepare_file(self, resume_step: int | None) -> int | None:
         exists = self.path.is_file() and self.path.stat().st_size > 0
@@ -143,10 +157,26 @@ class MetricsLogger:
                 if key != "step":
                     self._tb.add_scalar(key, _decode_value(value), step)
 
+    def log_samples(self, step: int, samples: list[Mapping[str, Any]]) -> None:
+        """Append one line `{"step": step, **sample}` per sample (JSON values) and show them in TensorBoard's
+        text tab; flushed at once like the metrics."""
+        if not self.enabled or not samples:
+            return
+        if self._samples is None:
+            self._samples = open(self.samples_path, "a")
+        for sample in samples:
+            self._samples.write(json.dumps({"step": int(step), **sample}, ensure_ascii=False) + "\n")
+        self._samples.flush()
+        if self._tb is not None:
+            self._tb.add_text("samples", "\n\n---\n\n".join(_sample_markdown(s) for s in samples), step)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._samples is not None:
+            self._samples.close()
+            self._samples = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None

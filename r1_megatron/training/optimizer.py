@@ -50,6 +50,12 @@ def build_optimizer(ddp_model, settings: OptimizerSettings):
     the pipeline schedule's gradient-finalisation hooks."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    sharded = ddp_model.ddp_config.use_distributed_optimizer
+    if settings.distributed_optimizer != sharded:
+        # a distributed optimizer reads its parameter shards from DDP's buffers, which DDP lays out for it only
+        # when told at construction; the mismatch otherwise surfaces as a None buffer at the first step
+        raise ValueError(f"OptimizerSettings.distributed_optimizer={settings.distributed_optimizer} but the DDP "
+                         f"model was built with distributed_optimizer={sharded}: pass the same value to build_ddp")
     dtype = ddp_model.config.params_dtype
     config = OptimizerConfig(
         optimizer="adam", lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay,

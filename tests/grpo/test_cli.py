@@ -16,7 +16,8 @@ from tests.parallel.launch import ProcessGroup, worker_env
 TINY = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_batch_size=16", "warm_start.max_steps=0",
         "data.num_synthetic=200", "logging.tensorboard=false", "logging.progress=false", "checkpoint.every_steps=2",
         "rewards.weights={arithmetic_exact: 1.0, starts_with_one: 1.0}",
-        "rewards.plugin_modules=[tests.grpo.reward_plugin]", "algorithm.micro_batch_size=16"]
+        "rewards.plugin_modules=[tests.grpo.reward_plugin]", "algorithm.micro_batch_size=16",
+        "optimizer.distributed_optimizer=true"]  # what every GPU recipe sets (it used to crash at the first step)
 
 
 def cli(*args, timeout=300):
@@ -27,7 +28,8 @@ def cli(*args, timeout=300):
 @pytest.mark.parametrize("args, message", [
     (["algorithm.kl_cof=0.1"], "unknown key 'algorithm.kl_cof' (did you mean 'kl_coef'?)"),
     (["rollout.group_size=two"], "rollout.group_size: expected int, got 'two'"),
-    (["data.synthetic=null", "data.paths=[/nonexistent/prompts.jsonl]", "data.tokenizer={tok}"],
+    (["data.synthetic=null", "data.paths=[/nonexistent/prompts.jsonl]", "data.tokenizer={tok}",
+      "warm_start.max_steps=0"],
      "/nonexistent/prompts.jsonl"),
     (["--config", "/nonexistent/recipe.yaml"], "/nonexistent/recipe.yaml"),
 ])
@@ -40,6 +42,23 @@ def test_bad_config_and_missing_files_give_one_line(args, message, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_print_config_shows_every_key_and_reads_back(capsys, tmp_path):
+    import dataclasses
+
+    from r1_megatron.cli import main
+    from r1_megatron.run_config import load_run_config
+
+    assert main(["train", "grpo", "--print-config", "rollout.group_size=3"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "recipe.yaml").write_text(text)
+    cfg = load_run_config(tmp_path / "recipe.yaml")
+    assert cfg == load_run_config(None, ["rollout.group_size=3"])  # what the run would use, defaults included
+    assert "run_dir: runs/tiny_demo-{time}" in text  # a template: each run started from it gets its own directory
+    for section in ("model", "parallel", "data", "rollout", "algorithm", "optimizer", "rewards", "checkpoint"):
+        for field in dataclasses.fields(getattr(cfg, section)):
+            assert f"\n  {field.name}:" in text, (section, field.name)
+
+
 def _final_weights(run_dir: Path) -> dict:
     return load_file(run_dir / "hf" / "model.safetensors")
 
@@ -48,6 +67,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     out = cli(f"run_dir={whole}", "steps=5", *TINY)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "Warning" not in out.stderr, out.stderr[-3000:]  # nothing a user cannot act on
     cmd = [sys.executable, "-m", "r1_megatron", "train", "grpo", f"run_dir={killed}", "steps=5", *TINY]
     with ProcessGroup(cmd, worker_env(), capture=False) as proc:
         deadline = time.time() + 240

@@ -3,8 +3,11 @@ import json
 
 import pytest
 
+import shutil
+
+from r1_megatron.grpo import trainer as trainer_module
 from r1_megatron.grpo.config import (AlgorithmConfig, CheckpointConfig, DataConfig, GRPORunConfig, LoggingConfig,
-                                     ModelSourceConfig, RewardsConfig, RolloutConfig)
+                                     ModelSourceConfig, RewardsConfig, RolloutConfig, WarmStartConfig)
 from r1_megatron.grpo.trainer import GRPOTrainer
 from r1_megatron.training.optimizer import OptimizerSettings
 
@@ -22,6 +25,10 @@ def tiny_run(run_dir, initial_model, steps=3, **algorithm) -> GRPORunConfig:
         rewards=RewardsConfig(weights={"arithmetic_exact": 1.0, "starts_with_one": 1.0}, accuracy="arithmetic_exact",
                               format=None, num_workers=1, plugin_modules=["tests.grpo.reward_plugin"]),
         checkpoint=CheckpointConfig(every_steps=2), logging=LoggingConfig(tensorboard=False, progress=False))
+
+
+def samples(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
 
 
 def metrics(run_dir) -> list[dict]:
@@ -85,6 +92,13 @@ def test_a_run_logs_checkpoints_exports_and_plots(first_run):
     assert sorted(p.name for p in (first_run / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000003"]
     assert (first_run / "hf" / "config.json").is_file()
     assert (first_run / "plots" / "summary.png").is_file()
+    shown = samples(first_run)  # what the model wrote: one completion of each of the step's 4 prompts
+    assert [s["step"] for s in shown] == [1] * 4 + [2] * 4 + [3] * 4
+    assert len({s["prompt"] for s in shown[:4]}) == 4 and all(s["prompt"].endswith("=") for s in shown)
+    for s in shown:
+        assert s["rewards"].keys() == {"arithmetic_exact", "starts_with_one"}
+        assert s["reward"] == sum(s["rewards"].values()) and s["finish_reason"] in ("stop", "length")
+        assert s["completion"].startswith("1") == (s["rewards"]["starts_with_one"] == 1.0)
 
 
 def test_the_same_seed_gives_the_same_metrics(first_run, initial_model, tmp_path):
@@ -93,8 +107,55 @@ def test_the_same_seed_gives_the_same_metrics(first_run, initial_model, tmp_path
 
 
 def test_a_run_directory_with_checkpoints_is_not_overwritten(first_run, initial_model):
-    with pytest.raises(ValueError, match="already holds checkpoints: resume it with `--resume"):
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoints\): resume it with `--resume"):
         GRPOTrainer(tiny_run(first_run, initial_model))
+
+
+def test_a_new_run_refuses_a_directory_with_logged_steps(first_run, initial_model, tmp_path):
+    shutil.copytree(first_run, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # e.g. killed before its first checkpoint
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics\)"):
+        GRPOTrainer(tiny_run(tmp_path / "run", initial_model))
+
+
+def test_resume_without_a_checkpoint_refuses_to_redo_logged_steps(first_run, initial_model, tmp_path):
+    """Earlier, --resume of a run with no checkpoint silently started again from step 0."""
+    shutil.copytree(first_run, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    with pytest.raises(ValueError, match=r"no checkpoint to resume from, and 3 logged step\(s\) would be redone"):
+        GRPOTrainer(tiny_run(tmp_path / "run", initial_model), resume=True)
+
+
+def test_the_warm_start_is_checkpointed_and_a_kill_during_it_restarts_cleanly(initial_model, tmp_path, monkeypatch,
+                                                                              capsys):
+    def with_warm_start(run_dir):
+        cfg = tiny_run(run_dir, initial_model, steps=2)
+        cfg.warm_start = WarmStartConfig(max_steps=4, eval_every=2, eval_prompts=8, batch_size=8, lr=1e-3)
+        return cfg
+
+    GRPOTrainer(with_warm_start(tmp_path / "whole")).train()
+    killed = tmp_path / "killed"
+    real_warm_start = trainer_module.warm_start
+
+    def killed_during_warm_start(*args, **kwargs):
+        assert (killed / "config.yaml").is_file()  # the run directory is written before any long work
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "warm_start", killed_during_warm_start)
+    with pytest.raises(KeyboardInterrupt):
+        GRPOTrainer(with_warm_start(killed))
+    monkeypatch.setattr(trainer_module, "warm_start", real_warm_start)
+    GRPOTrainer(with_warm_start(killed), resume=True)  # restarts; "killed" right after the warm start's checkpoint
+    assert "no checkpoint yet (stopped before its first step); starting over" in capsys.readouterr().out
+    assert (killed / "checkpoints" / "step_00000000").is_dir()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the warm start ran again after its checkpoint")
+
+    monkeypatch.setattr(trainer_module, "warm_start", must_not_run)
+    GRPOTrainer(with_warm_start(killed), resume=True).train()
+    assert metrics(killed) == metrics(tmp_path / "whole")
+    assert "warm_start/accuracy" in metrics(killed)[0]
 
 
 def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path):
@@ -105,6 +166,7 @@ def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path
     assert trainer.step == 2
     trainer.train()
     assert metrics(tmp_path / "run") == metrics(first_run)
+    assert samples(tmp_path / "run") == samples(first_run)
 
 
 @pytest.mark.parametrize("layout", ["ep2", "tp2"])

@@ -63,6 +63,29 @@ def test_clip_settings_temperature_and_normalizers(kw):
         assert 0 < stats["clip_frac"] < 1  # the clip branches are really exercised
 
 
+def test_r1_stage_one_clip_of_ten_matches_the_reference_and_never_binds_below():
+    """R1's stage-1 RL uses ε = 10: the kernel agrees with the float64 reference there, and since a ratio is
+    positive the lower bound 1 − 10 < 0 never binds, while ρ > 11 is still clipped above."""
+    inp = make_inputs(4, 8, 97, seed=5, adv_per_token=True, old_noise=3.0)
+    ratio = torch.exp(reference.token_logprobs(inp.logits.double(), inp.targets) - inp.old.double())
+    assert ((ratio > 11) & (inp.adv > 0) & inp.mask).any() and ((ratio < 0.8) & (inp.adv < 0) & inp.mask).any()
+    (_, stats, _), (_, gold_stats, _) = check_fp32(inp, clip_eps_low=10.0, clip_eps_high=10.0)
+    binds = (ratio > 11) & (inp.adv > 0) & inp.mask  # the only tokens a clip of [−9, 11] cuts
+    assert gold_stats["clip_frac"] == pytest.approx(binds.sum().item() / inp.mask.sum().item())
+
+
+def test_clip_of_ten_by_hand():
+    """One token, A = −1, ρ = e^−3 ≈ 0.0498: ε = 0.2 clips ρ up to 0.8 (loss 0.8), ε = 10 leaves it (loss ρ)."""
+    logits = torch.tensor([[[0.0, 0.0]]], dtype=torch.float64, requires_grad=True)  # logp = −ln 2
+    old = torch.full((1, 1), -torch.log(torch.tensor(2.0)).item() + 3.0, dtype=torch.float64)
+    args = (logits, torch.zeros(1, 1, dtype=torch.int64), old, None, torch.tensor([-1.0], dtype=torch.float64),
+            torch.ones(1, 1, dtype=torch.bool))
+    loss_02, stats_02 = reference.grpo_loss(*args, clip_eps_low=0.2, kl_coef=0.0)
+    loss_10, stats_10 = reference.grpo_loss(*args, clip_eps_low=10.0, kl_coef=0.0)
+    assert loss_02.item() == pytest.approx(0.8) and stats_02["clip_frac"].item() == 1.0
+    assert loss_10.item() == pytest.approx(torch.exp(torch.tensor(-3.0)).item()) and stats_10["clip_frac"].item() == 0
+
+
 def test_clipping_happens_in_both_directions():
     inp = make_inputs(4, 8, 50, seed=3)
     _, gold_stats, _ = gold_loss(inp)

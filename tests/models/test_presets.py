@@ -18,7 +18,7 @@ def test_preset_translates(name):
 
 
 def test_deepseek_v3_671b_numbers():
-    """The facts of the released model (r1_reference.md), as Megatron will see them."""
+    """The facts of the released model (docs/r1_reference.md), as Megatron will see them."""
     tcfg = to_transformer_config(preset("deepseek-v3-671b"), ParallelConfig(tp=2, ep=8), torch.bfloat16)
     assert (tcfg.num_moe_experts, tcfg.moe_router_topk, tcfg.moe_router_num_groups, tcfg.moe_router_group_topk) == \
         (256, 8, 8, 4)

@@ -204,3 +204,37 @@ def test_progress_disabled_prints_nothing_and_bad_arguments_are_rejected(capsys)
     progress = Progress(10, keys=("gn",), metric_names={"gn": "grad_norm"}, clock=lambda: 4.0)
     progress.update(1, METRICS)
     assert capsys.readouterr().err.endswith("| gn=9\n")
+
+
+def _samples(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+
+def test_samples_are_logged_per_step_shown_in_tensorboard_and_resumed_like_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def sample(step):
+        return {"prompt": f"Q{step} <think>", "completion": "```x```", "reward": float(step)}
+
+    with MetricsLogger(tmp_path, tensorboard=True) as logger:
+        for step in (1, 2, 3):
+            logger.log(step, {"a": 1.0})
+            logger.log_samples(step, [sample(step), sample(step)])
+    with MetricsLogger(tmp_path, tensorboard=True, resume_step=1) as logger:  # steps 2 and 3 are recomputed
+        logger.log(2, {"a": 2.0})
+        logger.log_samples(2, [sample(20)])
+    assert [(s["step"], s["reward"]) for s in _samples(tmp_path)] == [(1, 1.0), (1, 1.0), (2, 20.0)]
+    assert _samples(tmp_path)[0]["prompt"] == "Q1 <think>"
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("samples/text_summary")}
+    assert "Q1 <think>" in texts[1] and "Q20 <think>" in texts[2] and "reward: 20.0" in texts[2]
+    assert "```\nQ1 <think>\n```" in texts[1] and "` ` `x` ` `" in texts[1]  # texts fenced, fences escaped
+
+
+def test_a_new_run_starts_an_empty_samples_file(tmp_path):
+    (tmp_path / "samples.jsonl").write_text('{"step": 1, "prompt": "old"}\n')  # e.g. a run killed in step 1
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        logger.log(1, {"a": 1.0})
+        logger.log_samples(1, [{"prompt": "new"}])
+    assert [s["prompt"] for s in _samples(tmp_path)] == ["new"]
