@@ -83,6 +83,10 @@ def init_distributed() -> None:
     cpu_compat.apply()
     if dist.is_initialized():
         return
+    # Megatron's sequence-parallel layers need one CUDA hardware queue so that communication and compute kernels
+    # run in issue order (Megatron-LM's and NeMo's launchers set this; it warns otherwise). It takes effect if set
+    # before the CUDA context exists; a user's own value is kept.
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     timeout = datetime.timedelta(minutes=int(os.environ.get("R1_DIST_TIMEOUT_MIN", "30")))
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:

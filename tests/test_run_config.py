@@ -419,3 +419,10 @@ def test_launch_slurm_rendezvous_and_resume(tmp_path):
     assert result.returncode != 0 and not Path(env["STUB_OUT"]).exists()
     assert result.stderr.strip().splitlines()[-1] == \
         "launch_slurm: command line: rollout.group_size: expected int, got 'two'"
+
+
+def test_r1_stage_one_clip_of_ten_is_accepted():
+    """R1's stage-1 RL uses ε = 10 (docs/r1_reference.md); it used to be refused as outside [0, 1)."""
+    cfg = load_run_config(None, ["algorithm.clip_eps_low=10"])
+    assert cfg.algorithm.loss_config(1).clip_low == -9.0 and cfg.algorithm.loss_config(1).clip_high == 11.0
+    assert config_error(None, ["algorithm.clip_eps_low=-1"]).endswith("clip_eps_low=-1.0: must be a finite number >= 0")

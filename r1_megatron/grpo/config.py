@@ -80,7 +80,8 @@ class RolloutConfig:
 class AlgorithmConfig:
     """GRPO (DeepSeekMath §4.1) and its common variants.
 
-    kl_coef β (0 = no reference model); kl_estimator k1/k2/k3; clip_eps_low/high ε (clip-higher: high > low);
+    kl_coef β (0 = no reference model); kl_estimator k1/k2/k3; clip_eps_low/high ε, any ε >= 0 (clip-higher: high >
+    low; R1's stage-1 RL uses ε = 10, where the lower bound 1 − ε < 0 never binds);
     dual_clip c (> 1) bounds the loss of negative-advantage tokens; loss_agg: how token losses reduce
     (seq-mean-token-mean = R1's 1/G Σ 1/|o_i| Σ_t); advantage_std: sample / population / none (Dr.GRPO, with
     loss_agg seq-mean-token-sum-norm for its constant normaliser); mini_batches optimizer steps per rollout,

@@ -1,4 +1,5 @@
-"""GRPO trainer end to end on CPU (Triton kernels under TRITON_INTERPRET=1): a few steps of a tiny run."""
+"""GRPO trainer end to end on CPU: a few steps of a tiny run (one test through the Triton interpreter, the rest
+with the PyTorch reference kernels)."""
 import json
 
 import pytest
@@ -49,32 +50,34 @@ def initial_model(tmp_path_factory):
     return save_hf(build_model(preset("demo-moe")), tmp_path_factory.mktemp("init") / "hf")
 
 
-KERNEL_CALLS: list[str] = []
-
-
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, initial_model):
-    """The 3-step run, recording which Triton kernel modules the trainer's loss and advantages launched."""
+    """The 3-step run the other tests compare with (PyTorch reference kernels, as every test but one)."""
+    run_dir = tmp_path_factory.mktemp("grpo") / "run"
+    GRPOTrainer(tiny_run(run_dir, initial_model)).train()
+    return run_dir
+
+
+@pytest.mark.triton
+def test_the_trainer_runs_the_triton_kernels(initial_model, tmp_path):
+    """Under TRITON_INTERPRET=1 (tests/conftest.py) the trainer's math is the Triton kernels, not a second copy:
+    a spy records which kernel modules the loss and advantages launched."""
     import importlib
     from unittest import mock
 
     # importlib: the package re-exports functions under these module names
     advantage_module = importlib.import_module("r1_megatron.kernels.group_advantage")
     loss_module = importlib.import_module("r1_megatron.kernels.grpo_loss")
+    calls: list[str] = []
 
     def spy(real):
-        return lambda name: KERNEL_CALLS.append(name) or real(name)
+        return lambda name: calls.append(name) or real(name)
 
-    run_dir = tmp_path_factory.mktemp("grpo") / "run"
     with mock.patch.object(loss_module, "triton_module", spy(loss_module.triton_module)), \
             mock.patch.object(advantage_module, "triton_module", spy(advantage_module.triton_module)):
-        GRPOTrainer(tiny_run(run_dir, initial_model)).train()
-    return run_dir
-
-
-def test_loss_and_advantages_run_the_triton_kernels(first_run):
-    """Under TRITON_INTERPRET=1 (tests/conftest.py) the trainer's math is the Triton kernels, not a second copy."""
-    assert {"grpo_loss_triton", "group_advantage_triton"} <= set(KERNEL_CALLS)
+        GRPOTrainer(tiny_run(tmp_path / "run", initial_model, steps=2)).train()
+    assert {"grpo_loss_triton", "group_advantage_triton"} <= set(calls)
+    assert all(m["mismatch/max"] <= 1e-5 and m["grad_norm"] > 0 for m in metrics(tmp_path / "run"))
 
 
 def test_a_run_logs_checkpoints_exports_and_plots(first_run):
@@ -171,6 +174,8 @@ def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path
 
 @pytest.mark.parametrize("layout", ["ep2", "tp2"])
 def test_two_processes_give_the_single_process_metrics(first_run, initial_model, tmp_path, layout):
+    """With the distributed optimizer (which used to crash at the first step): at EP2 the dense parameters' Adam
+    state is sharded over 2 data-parallel ranks, at TP2 over 1; both match the 1-process plain optimizer."""
     from tests.parallel.launch import torchrun
 
     torchrun("grpo", tmp_path, nproc=2, extra=(layout, "2", str(initial_model)))
@@ -180,6 +185,18 @@ def test_two_processes_give_the_single_process_metrics(first_run, initial_model,
         assert got.keys() == ref.keys()
         for key in ref:  # the same samples and rewards; losses and norms within fp32 reduction-order noise
             assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), (layout, got["step"], key)
+
+
+def test_bf16_with_the_distributed_optimizer_trains(initial_model, tmp_path):
+    cfg = tiny_run(tmp_path / "run", initial_model, steps=2)
+    cfg.model.dtype = "bf16"
+    cfg.optimizer.distributed_optimizer = True
+    GRPOTrainer(cfg).train()
+    lines = metrics(tmp_path / "run")
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(m["grad_norm"] > 0 and m["lr"] == 1e-3 for m in lines)
+    assert lines[1]["loss/kl"] > 0  # the bf16 weights moved: the fp32 main shards were copied back into them
+    assert (tmp_path / "run" / "hf" / "config.json").is_file()
 
 
 def test_algorithm_variants_run(initial_model, tmp_path):

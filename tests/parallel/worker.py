@@ -99,6 +99,7 @@ def grpo_scenario(workdir: Path, layout: str, steps: str, initial_model: str) ->
 
     cfg = tiny_run(workdir / layout, initial_model, steps=int(steps))
     cfg.parallel = ParallelConfig(**LAYOUTS[layout])
+    cfg.optimizer.distributed_optimizer = True  # as every GPU recipe: optimizer state sharded over the DP ranks
     cfg.checkpoint.export_hf = False
     GRPOTrainer(cfg).train()
     return {}
