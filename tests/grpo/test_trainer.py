@@ -109,9 +109,12 @@ def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path
 
 @pytest.mark.parametrize("layout", ["ep2", "tp2"])
 def test_two_processes_give_the_single_process_metrics(first_run, initial_model, tmp_path, layout):
+    from r1_megatron.models import load_hf
     from tests.parallel.launch import torchrun
 
     torchrun("grpo", tmp_path, nproc=2, extra=(layout, "2", str(initial_model)))
+    load_hf(tmp_path / layout / "hf")  # the final policy, exported at the run's own layout, with its tokenizer
+    assert (tmp_path / layout / "hf" / "tokenizer.json").is_file()
     ours, want = metrics(tmp_path / layout), metrics(first_run)[:2]
     assert [m["step"] for m in ours] == [1, 2]
     for got, ref in zip(ours, want):
