@@ -16,10 +16,17 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--batch", type=int, default=4)
     forward.add_argument("--seq-len", type=int, default=32)
     forward.add_argument("--seed", type=int, default=0)
-    export = commands.add_parser("export", help="write a training checkpoint's model as an HF directory")
-    export.add_argument("--ckpt", required=True, help="a checkpoint directory, or a run's checkpoint root")
+    export = commands.add_parser("export", help="write a training checkpoint's model as an HF directory",
+                                 description="Under torchrun, every rank runs this command (with --tp/--pp/--ep for "
+                                             "models too big for one process).")
+    export.add_argument("--ckpt", required=True,
+                        help="a run directory, a checkpoint root (its latest checkpoint) or one checkpoint directory")
     export.add_argument("--out", required=True, help="HF directory to write (replaced atomically)")
-    export.add_argument("--tokenizer", default=None, help="directory whose tokenizer files to copy alongside")
+    export.add_argument("--tokenizer", default=None,
+                        help="directory whose tokenizer files to copy (default: the run's, as the checkpoint records)")
+    for size in ("tp", "pp", "ep"):
+        export.add_argument(f"--{size}", type=int, default=1, help=f"{size.upper()} size to load the model at")
+    export.add_argument("--etp", type=int, default=None, help="expert-TP size (default: --tp)")
     train = commands.add_parser("train", help="train a model (GRPO, R1-Zero style)")
     algorithms = train.add_subparsers(dest="algorithm", metavar="ALGORITHM", required=True)
     grpo = algorithms.add_parser("grpo", help="GRPO: rollout -> rule rewards -> group advantages -> clipped updates",
@@ -50,10 +57,17 @@ def _plot(args) -> int:
 
 
 def _export(args) -> int:
+    import torch.distributed as dist
+
+    from r1_megatron.runtime import ParallelConfig
     from r1_megatron.training.checkpoint import export_checkpoint_to_hf
 
-    out = export_checkpoint_to_hf(args.ckpt, args.out, tokenizer_dir=args.tokenizer)
-    print(f"exported {args.ckpt} -> {out}")
+    parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+    result = export_checkpoint_to_hf(args.ckpt, args.out, tokenizer_dir=args.tokenizer, parallel=parallel)
+    if dist.get_rank() == 0:
+        print(f"exported step {result.step} ({result.checkpoint}) -> {result.out}")
+        if result.tokenizer_dir is None:
+            print("no tokenizer files were copied: the checkpoint records no tokenizer directory (--tokenizer DIR)")
     return 0
 
 

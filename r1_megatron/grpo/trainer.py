@@ -284,7 +284,8 @@ class GRPOTrainer:
     def save(self) -> Path:
         user_state = {"data": self.task.dataset.state_dict(), "warm_start": self.warm_start_summary}
         return save_checkpoint(self.checkpoints, self.step, self.ddp, self.optimizer, self.scheduler,
-                               user_state=user_state, extra_models=self._extra_models())
+                               user_state=user_state, extra_models=self._extra_models(),
+                               tokenizer_dir=self.task.tokenizer_dir)
 
     def _resume_from(self, checkpoint: Path) -> None:
         info = load_checkpoint(checkpoint, self.ddp, self.optimizer, self.scheduler, extra_models=self._extra_models())
@@ -298,14 +299,11 @@ class GRPOTrainer:
         return {"reference": self.reference.model} if self.reference is not None else None
 
     def finish(self) -> Path:
-        """Export the final policy and plot the metrics (rank 0); returns the run directory."""
+        """Export the final policy (every rank takes part) and plot the metrics (rank 0); returns the run directory."""
         if self.step < self.cfg.steps:
             return self.run_dir
-        export = self.run_dir / "hf"
-        if self.cfg.checkpoint.export_hf and dist.get_world_size() == 1:
-            save_hf(unwrap(self.ddp), export, tokenizer_dir=self.task.tokenizer_dir)
-        elif self.cfg.checkpoint.export_hf and self.rank == 0:
-            self.say(f"export: run `r1-megatron export --ckpt {self.checkpoints} --out {export}` in one process")
+        if self.cfg.checkpoint.export_hf:  # collective: every rank sends its part of the model to rank 0
+            save_hf(unwrap(self.ddp), self.run_dir / "hf", tokenizer_dir=self.task.tokenizer_dir)
         if self.rank == 0:
             from r1_megatron.plotting import plot_run
 

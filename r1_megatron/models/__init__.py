@@ -1,7 +1,7 @@
 """The Megatron-Core model stack: configs, presets, HF checkpoints in and out, and logits.
 
-Public API: `load_hf(path, *, dtype)`, `save_hf(model, path)`, `logits(model, input_ids)`, `build_model(config)`,
-`preset(name)`, and the config dataclasses.
+Public API: `load_hf(path, *, dtype)`, `save_hf(model, path)` (collective: every rank calls it, at any layout),
+`logits(model, input_ids)`, `build_model(config)`, `preset(name)`, and the config dataclasses.
 """
 from r1_megatron.models.config import (
     Architecture,
@@ -13,8 +13,9 @@ from r1_megatron.models.config import (
     to_transformer_config,
 )
 from r1_megatron.models.gpt import R1GPTModel, build_model
-from r1_megatron.models.hf_checkpoint import CheckpointError, load_hf, save_hf
+from r1_megatron.models.hf_checkpoint import CheckpointError, load_hf
 from r1_megatron.models.hf_config import HFConfigError
+from r1_megatron.models.hf_export import save_hf
 from r1_megatron.models.logits import logits
 from r1_megatron.models.presets import PRESETS, preset
 

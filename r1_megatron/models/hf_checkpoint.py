@@ -1,31 +1,25 @@
-"""Load a local HF checkpoint directory into the Megatron model, and save the model back as one.
+"""Load a local HF checkpoint directory into the Megatron model (saving it back as one: hf_export.py).
 
 Reads config.json and single-file or index-sharded safetensors (official DeepSeek-V3 block-scaled FP8 weights are
-dequantised on read); never contacts a hub. Saving writes to a temporary directory renamed into place, so an
-interrupted save never leaves a half-written checkpoint under the target name.
+dequantised on read); never contacts a hub.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from r1_megatron.models.config import ModelConfig
 from r1_megatron.models.gpt import R1GPTModel, build_model
-from r1_megatron.models.hf_config import HFLayoutOptions, model_config_to_hf, read_hf_config
+from r1_megatron.models.hf_config import read_hf_config
 from r1_megatron.models.hf_weights import TensorRule, weight_rules
 from r1_megatron.models.placement import Placement, Shard
 from r1_megatron.runtime import ensure_parallel_state
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "generation_config.json")
-_MAX_SHARD_BYTES = 5 * 2**30
 
 
 class CheckpointError(ValueError):
@@ -117,14 +111,6 @@ def _load_tensor(target: torch.Tensor, rule: TensorRule, shard: Shard | None, re
     target.copy_(value)
 
 
-def _require_whole_model() -> None:
-    layout = ensure_parallel_state()
-    if (layout.tp, layout.pp, layout.ep) != (1, 1, 1):
-        raise ValueError(f"save_hf needs the whole model in one process, not tp={layout.tp}, pp={layout.pp}, "
-                         f"ep={layout.ep}: save a distributed checkpoint and run `r1-megatron export --ckpt DIR "
-                         "--out HF_DIR`, which reassembles it")
-
-
 def _local_tensors(model: R1GPTModel) -> dict[str, torch.Tensor]:
     """This rank's parameters and persistent buffers (parameters keep their TP attributes)."""
     tensors = dict(model.named_parameters())
@@ -172,68 +158,3 @@ def _check_all_used(directory: Path, reader: SafetensorsReader, config: ModelCon
     if unexpected:
         raise CheckpointError(f"{directory}/{reader.file_of[unexpected[0]]}: {len(unexpected)} tensor(s) the config "
                               f"does not account for, e.g. {unexpected[:5]}")
-
-
-def _hf_state_dict(model: R1GPTModel) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    out = {}
-    for rule in weight_rules(model.model_config, HFLayoutOptions()):
-        for name, tensor in zip(rule.hf, rule.transform.to_hf(state[rule.megatron])):
-            out[name] = tensor.detach().to("cpu").contiguous().clone()
-    return out
-
-
-def _write_shards(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
-    shards, current, size = [], {}, 0
-    for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[name], size = tensor, size + nbytes
-    shards.append(current)
-    if len(shards) == 1:
-        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / file, metadata={"format": "pt"})
-        weight_map.update({name: file for name in shard})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def _replace_directory(tmp: Path, target: Path) -> None:
-    """Swap `tmp` in as `target`; an existing target is removed only after the new one is in place."""
-    old = target.with_name(target.name + f".old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@torch.no_grad()
-def save_hf(model: R1GPTModel, path: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
-            max_shard_bytes: int = _MAX_SHARD_BYTES) -> Path:
-    """Write `model` as an HF checkpoint directory that transformers loads; returns the directory.
-
-    Tokenizer files are copied from `tokenizer_dir`, or from the directory the model was loaded from.
-    """
-    _require_whole_model()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    tensors = _hf_state_dict(model)
-    _write_shards(tensors, tmp, max_shard_bytes)
-    dtype_name = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    (tmp / "config.json").write_text(json.dumps(model_config_to_hf(model.model_config, dtype_name), indent=2))
-    source = Path(tokenizer_dir) if tokenizer_dir else getattr(model, "hf_source", None)
-    for name in TOKENIZER_FILES if source else ():
-        if (source / name).is_file():
-            shutil.copy2(source / name, tmp / name)
-    _replace_directory(tmp, target)
-    return target

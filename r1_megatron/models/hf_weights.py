@@ -14,6 +14,7 @@ import torch
 
 from r1_megatron.models.config import ModelConfig
 from r1_megatron.models.hf_config import HFLayoutOptions
+from r1_megatron.models.placement import Shard
 
 
 class Copy:
@@ -111,6 +112,17 @@ class TensorRule:
         if self.transform.componentwise(shard):
             return self.transform.to_megatron([reader.get(name, self.megatron, shard) for name in self.hf])
         return shard.take(self.read(reader, None))
+
+    def assemble(self, pieces: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+        """The whole HF tensors from the Megatron tensor's TP pieces (in TP-rank order, split along `dim`): the
+        inverse of `read`. Where the loader reads slices, each piece maps to slices of the HF tensors (an fc1
+        piece is [gate_r; up_r], not a chunk of the whole fc1); otherwise the pieces are chunks of the whole."""
+        if len(pieces) == 1:
+            return self.transform.to_hf(pieces[0])
+        if self.transform.componentwise(Shard(dim, 0, len(pieces))):
+            per_piece = [self.transform.to_hf(piece) for piece in pieces]
+            return [torch.cat(parts, dim=dim) for parts in zip(*per_piece)]
+        return self.transform.to_hf(torch.cat(pieces, dim=dim))
 
 
 def _mla_rules(config: ModelConfig, layout: HFLayoutOptions, hf: str, meg: str) -> list[TensorRule]:

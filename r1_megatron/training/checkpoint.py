@@ -6,16 +6,19 @@ Layout of a checkpoint root:
     latest                  name of the newest complete checkpoint, replaced atomically after the rename
 
 A checkpoint holds the model, the optimizer (fully reshardable format), the LR scheduler, the step counter, a
-caller-supplied dict (e.g. the trainer's data position) and every rank's RNG states. Model and optimizer load at
-any TP/PP/EP/DP layout; RNG states are restored when the layout is the one that saved them.
+caller-supplied dict (e.g. the trainer's data position), every rank's RNG states and where the run's tokenizer is
+(for `r1-megatron export`). Model and optimizer load at any TP/PP/EP/DP layout; RNG states are restored when the
+layout is the one that saved them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from r1_megatron.atomic_file import write_text_atomically
-from r1_megatron.runtime import current_parallel_config
+from r1_megatron.runtime import ParallelConfig, current_parallel_config
 from r1_megatron.training.step import unwrap
 
 log = logging.getLogger(__name__)
@@ -164,6 +167,7 @@ class CheckpointInfo:
     user_state: dict
     model_config: dict
     dtype: str
+    tokenizer_dir: str | None = None  # the run's tokenizer directory, if the saver named one
 
 
 def _barrier() -> None:
@@ -171,13 +175,22 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _recorded_tokenizer_dir(tokenizer_dir: str | os.PathLike, checkpoint: Path) -> str:
+    """The tokenizer directory as r1_meta.json records it: relative to the checkpoint when it lies in the run
+    directory (e.g. the synthetic task's RUN_DIR/tokenizer), so that a moved or copied run still finds it."""
+    path, checkpoint = Path(tokenizer_dir).resolve(), checkpoint.resolve()
+    return os.path.relpath(path, checkpoint) if path.is_relative_to(checkpoint.parent.parent) else str(path)
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, scheduler,
-                    user_state: dict | None = None, extra_models: dict | None = None) -> Path:
+                    user_state: dict | None = None, extra_models: dict | None = None,
+                    tokenizer_dir: str | os.PathLike | None = None) -> Path:
     """Collectively save a checkpoint of step `step` under `root`; returns its directory.
 
     extra_models: {name: model} saved alongside (same layout rules), e.g. a frozen reference model.
     Written under a partial name and renamed into place only when every rank has finished; `latest` moves last.
-    The model's config and dtype are recorded so that `r1-megatron export` can rebuild the model on its own.
+    The model's config and dtype (and `tokenizer_dir`, the run's tokenizer) are recorded so that
+    `r1-megatron export` can rebuild the model, and find its tokenizer, on its own.
     """
     from megatron.core import dist_checkpointing
 
@@ -199,6 +212,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, schedu
                 "layout": asdict(layout) if layout else {}, "world_size": dist.get_world_size(),
                 "model_config": core.model_config.to_dict(),
                 "dtype": str(core.config.params_dtype).removeprefix("torch.")}
+        if tokenizer_dir is not None:
+            meta["tokenizer_dir"] = _recorded_tokenizer_dir(tokenizer_dir, final)
         (partial / _META).write_text(json.dumps(meta, default=str))
     _barrier()
     if dist.get_rank() == 0:
@@ -232,8 +247,24 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path}: not a complete r1_megatron checkpoint (no {_META})")
     meta = json.loads(meta_file.read_text())
+    tokenizer_dir = str((path / meta["tokenizer_dir"]).resolve()) if meta.get("tokenizer_dir") else None
     return CheckpointInfo(step=meta["step"], path=path, layout=meta["layout"], world_size=meta["world_size"],
-                          user_state=meta["user_state"], model_config=meta["model_config"], dtype=meta["dtype"])
+                          user_state=meta["user_state"], model_config=meta["model_config"], dtype=meta["dtype"],
+                          tokenizer_dir=tokenizer_dir)
+
+
+@contextlib.contextmanager
+def _quiet_megatron_deprecations():
+    """megatron-core 0.16.1 (pinned) loads through torch.distributed.checkpoint's deprecated `load_state_dict` and
+    hands it ShardedTensors, which torch deprecates in favour of DTensor: FutureWarnings on every load about code
+    that is neither ours nor our users' to change. Exactly these two are silenced, and only around the load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`load_state_dict` is deprecated", category=FutureWarning,
+                                module=r"megatron\.core\.dist_checkpointing")
+        # attributed to whichever torch frame touched the ShardedTensor (the planner's helpers)
+        warnings.filterwarnings("ignore", message=r"Please use DTensor instead and we are deprecating ShardedTensor",
+                                category=FutureWarning)
+        yield
 
 
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None,
@@ -253,7 +284,8 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
         optimizer = None
     sharded, canonical = _sharded_state(model, optimizer, with_rng=same_layout and saved_step is not None,
                                         saved_step=saved_step, extra_models=extra_models)
-    state = dist_checkpointing.load(sharded, str(path))
+    with _quiet_megatron_deprecations():
+        state = dist_checkpointing.load(sharded, str(path))
     unwrap(model).load_state_dict(state["model"])
     for name, extra in (extra_models or {}).items():
         loaded = state[f"extra.{name}"]
@@ -270,20 +302,46 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     return info
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory itself, else the newest complete checkpoint of a checkpoint root or of a run
+    directory's checkpoints/."""
+    path = Path(path)
+    if (path / _META).is_file():
+        return path
+    found = latest_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint (not a checkpoint directory with {_META}, nor a "
+                                "checkpoint root or a run directory with one)")
+    return found
+
+
+@dataclass
+class HFExport:
+    checkpoint: Path  # the checkpoint directory that was exported
+    step: int
+    out: Path
+    tokenizer_dir: str | None  # where the tokenizer files were copied from; None: no tokenizer was known
+
+
 def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
-                            tokenizer_dir: str | os.PathLike | None = None) -> Path:
-    """Write the model of a checkpoint (a checkpoint directory, or a run's checkpoint root: its latest complete
-    checkpoint) as an HF directory. Runs in one process at TP1/PP1/EP1, whatever layout saved it."""
+                            tokenizer_dir: str | os.PathLike | None = None,
+                            parallel: ParallelConfig | None = None) -> HFExport:
+    """Write the model of a checkpoint (see resolve_checkpoint) as an HF directory, with the tokenizer files of
+    `tokenizer_dir`, by default those of the tokenizer directory the checkpoint records.
+
+    Loads at `parallel` (default one process: TP1/PP1/EP1), whatever layout saved it; collective under torchrun."""
     from r1_megatron.models import ModelConfig, build_model, save_hf
     from r1_megatron.runtime import initialize_parallel
 
-    path = Path(checkpoint)
-    if not (path / _META).is_file():
-        path = latest_checkpoint(path)
-        if path is None:
-            raise FileNotFoundError(f"{checkpoint}: no complete checkpoint (no {_META}, no 'latest')")
+    path = resolve_checkpoint(checkpoint)
     info = read_checkpoint_info(path)
-    initialize_parallel()
+    tokenizer = str(tokenizer_dir) if tokenizer_dir is not None else info.tokenizer_dir
+    if tokenizer_dir is not None and not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {tokenizer} does not exist")
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"{path / _META}: the run's tokenizer directory {tokenizer} no longer exists; pass "
+                                "--tokenizer DIR")
+    initialize_parallel(parallel)
     model = build_model(ModelConfig.from_dict(info.model_config), dtype=getattr(torch, info.dtype))
     load_checkpoint(path, model)
-    return save_hf(model, out, tokenizer_dir=tokenizer_dir)
+    return HFExport(path, info.step, save_hf(model, out, tokenizer_dir=tokenizer), tokenizer)

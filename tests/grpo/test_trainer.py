@@ -176,9 +176,12 @@ def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path
 def test_two_processes_give_the_single_process_metrics(first_run, initial_model, tmp_path, layout):
     """With the distributed optimizer (which used to crash at the first step): at EP2 the dense parameters' Adam
     state is sharded over 2 data-parallel ranks, at TP2 over 1; both match the 1-process plain optimizer."""
+    from r1_megatron.models import load_hf
     from tests.parallel.launch import torchrun
 
     torchrun("grpo", tmp_path, nproc=2, extra=(layout, "2", str(initial_model)))
+    load_hf(tmp_path / layout / "hf")  # the final policy, exported at the run's own layout, with its tokenizer
+    assert (tmp_path / layout / "hf" / "tokenizer.json").is_file()
     ours, want = metrics(tmp_path / layout), metrics(first_run)[:2]
     assert [m["step"] for m in ours] == [1, 2]
     for got, ref in zip(ours, want):

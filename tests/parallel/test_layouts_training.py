@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from r1_megatron.models.hf_checkpoint import save_hf
+from r1_megatron.models.hf_export import save_hf
 from r1_megatron.runtime import ensure_parallel_state, seed_everything
 from r1_megatron.training.step import unwrap
 from tests.models import hf_fixtures

@@ -80,10 +80,15 @@ def test_crash_during_save_keeps_previous_checkpoint(ckpt_dir, tmp_path, monkeyp
     assert latest_checkpoint(tmp_path / "run").name == "step_00000002"
 
 
-def test_export_command_writes_an_hf_model(ckpt_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
+def test_export_command_writes_an_hf_model(ckpt_dir, tmp_path, capsys):
+    """`r1-megatron export --ckpt RUN_DIR`: the trained weights, the run's tokenizer found through the checkpoint,
+    and no warnings; a checkpoint that records no tokenizer still exports, saying so in one line."""
+    import subprocess
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r1_megatron.cli import main
+    from r1_megatron.data.synthetic import build_arithmetic_tokenizer
     from r1_megatron.models import logits
     from r1_megatron.training.checkpoint import save_checkpoint
     from r1_megatron.training.step import unwrap
@@ -91,9 +96,23 @@ def test_export_command_writes_an_hf_model(ckpt_dir, tmp_path):
 
     trainer = _trainer(ckpt_dir)
     tf.step(trainer, 0, dp_rank=0, dp_size=1)  # the export must carry the trained weights, not the initial ones
-    save_checkpoint(tmp_path / "run", 1, *trainer)
-    assert main(["export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    tokenizer_dir = build_arithmetic_tokenizer(tmp_path / "run" / "tokenizer")
+    save_checkpoint(tmp_path / "run" / "checkpoints", 1, *trainer, tokenizer_dir=tokenizer_dir)
+    (tmp_path / "run").rename(tmp_path / "moved")  # the run's own tokenizer is recorded relative to it
+    out = subprocess.run([sys.executable, "-m", "r1_megatron", "export", "--ckpt", str(tmp_path / "moved"), "--out",
+                          str(tmp_path / "hf")], env=worker_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Warning" not in out.stderr, out.stderr[-3000:]
+    assert "exported step 1" in out.stdout and "no tokenizer" not in out.stdout
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").float().eval()
     ids = torch.randint(0, 160, (2, 9), generator=torch.Generator().manual_seed(3))
     assert (hf(ids).logits - logits(unwrap(trainer[0]), ids)).abs().max().item() <= 1e-5
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.convert_ids_to_tokens(hf.generation_config.eos_token_id) == tokenizer.eos_token == "<eos>"
+    save_checkpoint(tmp_path / "bare", 1, *trainer)
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(tmp_path / "bare" / "step_00000001"), "--out", str(tmp_path / "hf2")]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 2 and said[1].startswith("no tokenizer files were copied")
+    assert (tmp_path / "hf2" / "model.safetensors").is_file() and not (tmp_path / "hf2" / "tokenizer.json").exists()
     assert main(["export", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2

@@ -13,7 +13,7 @@ import torch
 
 from megatron.core import parallel_state
 
-from r1_megatron.models import load_hf, logits
+from r1_megatron.models import load_hf, logits, save_hf
 from r1_megatron.parallel import ParallelConfig, initialize
 from r1_megatron.rollout import Engine, SamplingParams
 from r1_megatron.runtime import seed_everything
@@ -93,14 +93,14 @@ def generate_pp_scenario(workdir: Path, ckpt: str) -> dict:
 
 
 def grpo_scenario(workdir: Path, layout: str, steps: str, initial_model: str) -> dict:
-    """A few steps of the tiny GRPO run of tests/grpo at `layout`; metrics land in workdir/<layout>/."""
+    """A few steps of the tiny GRPO run of tests/grpo at `layout`; metrics and the HF export land in
+    workdir/<layout>/."""
     from r1_megatron.grpo.trainer import GRPOTrainer
     from tests.grpo.test_trainer import tiny_run
 
     cfg = tiny_run(workdir / layout, initial_model, steps=int(steps))
     cfg.parallel = ParallelConfig(**LAYOUTS[layout])
     cfg.optimizer.distributed_optimizer = True  # as every GPU recipe: optimizer state sharded over the DP ranks
-    cfg.checkpoint.export_hf = False
     GRPOTrainer(cfg).train()
     return {}
 
@@ -179,7 +179,62 @@ def run_scenario(workdir: Path, total_steps: str, save_at: str, hang_after_save:
     return {"start": start}
 
 
-SCENARIOS = {"grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
+def _outcome(action) -> list:
+    """[exception type, message] of what `action()` raised, or [None, None]."""
+    try:
+        action()
+    except Exception as exc:
+        return [type(exc).__name__, str(exc)]
+    return [None, None]
+
+
+def _export_failures(workdir: Path) -> dict:
+    """save_hf failing on every rank alike: a NaN that only rank 1 holds (the last stage's final norm at PP2), and
+    rank 0 failing to write its second shard while rank 1 still has pieces to send (TP2)."""
+    from unittest import mock
+
+    from r1_megatron.models import hf_export
+
+    initialize(**LAYOUTS["pp2"])
+    model = load_hf(workdir / "ckpts" / "dsv3")
+    if RANK == 1:
+        with torch.no_grad():
+            model.decoder.final_layernorm.weight[0] = float("nan")
+    nan = _outcome(lambda: hf_export.save_hf(model, workdir / "out" / "nan", max_shard_bytes=200_000))
+    initialize(**LAYOUTS["tp2"])
+    model, real_save_file, calls = load_hf(workdir / "ckpts" / "dsv3"), hf_export.save_file, []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real_save_file(*args, **kwargs)
+
+    with mock.patch.object(hf_export, "save_file", full_disk):
+        disk = _outcome(lambda: hf_export.save_hf(model, workdir / "out" / "disk", max_shard_bytes=200_000))
+    return {"nan": nan, "disk": disk}
+
+
+def export_scenario(workdir: Path, runs: str, max_shard_bytes: str) -> dict:
+    """runs: comma-separated LAYOUT:CKPT, each saved to workdir/out/LAYOUT-CKPT with this rank's bytes; then the
+    run checkpoint workdir/run exported by `r1-megatron export --tp 2`, and the failure cases."""
+    from r1_megatron.cli import main
+
+    out = {}
+    for run in runs.split(","):
+        layout, ckpt = run.split(":")
+        initialize(**LAYOUTS[layout])
+        stats = {}
+        save_hf(load_hf(workdir / "ckpts" / ckpt), workdir / "out" / f"{layout}-{ckpt}",
+                max_shard_bytes=int(max_shard_bytes), writer_stats=stats)
+        out[run] = stats
+    out["cli"] = main(["export", "--ckpt", str(workdir / "run"), "--out", str(workdir / "out" / "cli-tp2"),
+                       "--tp", "2"])
+    out["errors"] = _export_failures(workdir)
+    return out
+
+
+SCENARIOS = {"export": export_scenario, "grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])
