@@ -57,6 +57,8 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     # megatron-core warns at import time on every machine without TE/Apex; `r1-megatron info` reports backends
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
+    from r1_megatron.grpo.reward_health import RewardFailure  # light: no torch
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from r1_megatron.forward_check import main as run
         return run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, RewardFailure) as exc:
         print(f"r1-megatron {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -182,6 +182,7 @@ class RewardsConfig:
     num_workers: int = 2
     timeout_s: float = 10.0
     plugin_modules: list[str] = dataclasses.field(default_factory=list)
+    max_failed_steps: int = 3  # stop when every sample's reward failed this many steps in a row (0: never)
 
     def __post_init__(self):
         from r1_megatron.rewards.runner import RewardConfig
@@ -196,6 +197,8 @@ class RewardsConfig:
             if name is not None and name not in self.weights:
                 raise ValueError(f"rewards.{role}={name!r} is not one of the rewards in rewards.weights "
                                  f"({', '.join(self.weights)})")
+        if not isinstance(self.max_failed_steps, int) or self.max_failed_steps < 0:
+            raise ValueError(f"rewards.max_failed_steps must be >= 0 (0: never stop), got {self.max_failed_steps!r}")
 
 
 @dataclasses.dataclass

@@ -121,6 +121,7 @@ def test_skipped_records_are_reported_once(tmp_path, tokenizer):
      "rewards.weights has code_tests, which reads each record's tests: the synthetic arithmetic task has no tests"),
     (["data.answer_format=latex"], "data.answer_format: expected one of 'auto', 'gsm8k', 'boxed', 'raw', got 'latex'"),
     (["data.on_error=ignore"], "data.on_error: expected one of 'raise', 'skip', got 'ignore'"),
+    (["rewards.max_failed_steps=-1"], "rewards.max_failed_steps must be >= 0 (0: never stop), got -1"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError) as err:
