@@ -186,8 +186,9 @@ class RewardRunner:
             nonlocal done
             done += 1
             failure[task], errors[task] = kind, text
-            for name in names if scores is not None else ():
-                per_reward[name][task] = scores[name]
+            if scores is not None:  # None: timed out or crashed, every reward stays 0.0
+                for name in names:
+                    per_reward[name][task] = scores[name]
 
         while done < n:
             self._dispatch(pending, completions, samples, on_result)
