@@ -71,26 +71,34 @@ def _export(args) -> int:
     return 0
 
 
+def _info(args) -> int:
+    from r1_megatron.info import main as run
+
+    return run(args)
+
+
+def _forward(args) -> int:
+    from r1_megatron.forward_check import main as run
+
+    return run(args)
+
+
+# every subcommand of build_parser, by name: an unknown name is a KeyError here, never another command
+COMMANDS = {"info": _info, "forward": _forward, "export": _export, "train": _train, "plot": _plot}
+
+
 def main(argv: list[str] | None = None) -> int:
     warning_filters.install()  # before any command imports megatron-core, which warns at import time
+    from r1_megatron.grpo.reward_health import RewardFailure  # light: no torch
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        if args.command == "info":
-            from r1_megatron.info import main as run
-        elif args.command == "export":
-            run = _export
-        elif args.command == "train":
-            run = _train
-        elif args.command == "plot":
-            run = _plot
-        else:
-            from r1_megatron.forward_check import main as run
-        return run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, RewardFailure) as exc:
         print(f"r1-megatron {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,24 +3,32 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import random
 from typing import Any, Iterable, Sequence
 
 from r1_megatron.tokenizer import Tokenizer
 
+from .answer_format import AnswerFormat, UnreadableAnswer, reference_answer, resolve_answer_format
 from .records import DataError, read_records
 from .templates import PromptTemplate, render_prompt
 
-ON_ERROR = ("raise", "skip")
+
+class OnError(str, enum.Enum):
+    """What a bad record (malformed line, missing field, unreadable answer) does: stop the run, or be counted."""
+
+    RAISE = "raise"
+    SKIP = "skip"
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptDataConfig:
     """Where prompts come from and how they become model inputs.
 
-    ``answer_field``/``tests_field`` may be None when a task has no answer (or no tests). ``max_prompt_tokens``
-    drops (and counts) prompts whose token count exceeds it. ``on_error="skip"`` counts and skips malformed
-    lines and records missing a field instead of raising.
+    ``answer_field``/``tests_field`` may be None when a task has no answer (or no tests). ``answer_format``
+    says where the final answer is in the answer field (see ``answer_format.py``); the sample holds that final
+    answer. ``max_prompt_tokens`` drops (and counts) prompts whose token count exceeds it. ``on_error="skip"``
+    counts and skips malformed lines, records missing a field and unreadable answers instead of raising.
     """
 
     paths: tuple[str, ...]
@@ -31,7 +39,8 @@ class PromptDataConfig:
     max_prompt_tokens: int | None = None
     seed: int = 0
     shuffle: bool = True
-    on_error: str = "raise"
+    on_error: OnError = OnError.RAISE
+    answer_format: AnswerFormat = AnswerFormat.AUTO
 
     def __post_init__(self):
         if isinstance(self.paths, str):
@@ -39,8 +48,8 @@ class PromptDataConfig:
         if not self.paths:
             raise ValueError("PromptDataConfig.paths must name at least one file")
         object.__setattr__(self, "template", PromptTemplate(self.template))
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"PromptDataConfig.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        for name, kind in (("on_error", OnError), ("answer_format", AnswerFormat)):
+            object.__setattr__(self, name, _enum_field(name, kind, getattr(self, name)))
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ValueError(f"PromptDataConfig.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens!r}")
 
@@ -94,9 +103,24 @@ class PromptDataset:
                     yield path, line, record
 
     def _fail(self, error: DataError, kind: str) -> None:
-        if self.config.on_error == "raise":
+        if self.config.on_error is OnError.RAISE:
             raise error
         self.stats[f"skipped_{kind}"] += 1
+
+    def _answer(self, path: str, line: int, text: str | None) -> str | None:
+        """The final answer of the record's answer field, in the configured format (AUTO: counted per format)."""
+        if text is None:
+            return None
+        try:
+            answer = reference_answer(text, self.config.answer_format)
+        except UnreadableAnswer as e:
+            fmt = self.config.answer_format.value
+            self._fail(DataError(path, line, f"{e} with answer_format={fmt}: {text!r:.80}",
+                                 field=self.config.answer_field), "unreadable_answer")
+            raise _Skip from None
+        if self.config.answer_format is AnswerFormat.AUTO and answer != text:
+            self.stats[f"answer_read_as_{resolve_answer_format(text, AnswerFormat.AUTO).value}"] += 1
+        return answer
 
     def _field(self, path, line, record, name, required=True):
         if name is None:
@@ -112,7 +136,7 @@ class PromptDataset:
     def _sample(self, path: str, line: int, record: dict[str, Any]) -> PromptSample | None:
         try:
             question = self._field(path, line, record, self.config.question_field)
-            answer = self._field(path, line, record, self.config.answer_field)
+            answer = self._answer(path, line, self._field(path, line, record, self.config.answer_field))
             tests = self._field(path, line, record, self.config.tests_field)
         except _Skip:
             return None
@@ -123,6 +147,24 @@ class PromptDataset:
             return None
         self.stats["kept"] += 1
         return PromptSample(question, answer, tests, prompt, ids, source=f"{path}:{line}")
+
+    def notes(self) -> list[str]:
+        """One line per thing building the dataset changed or dropped, for the run's start-up output (in terms of
+        the run config's data.* keys, which are this config's fields)."""
+        stats, notes = self.stats, []
+        gsm8k, boxed = stats["answer_read_as_gsm8k"], stats["answer_read_as_boxed"]
+        if gsm8k or boxed:
+            notes.append(f"data: answer_format=auto read the reference answer of {gsm8k} records as GSM8K (the text "
+                         f"after the last '####') and of {boxed} as the last \\boxed{{}}; set data.answer_format to "
+                         f"gsm8k, boxed or raw to choose explicitly")
+        skipped = {k.removeprefix("skipped_"): v for k, v in sorted(stats.items()) if k.startswith("skipped_")}
+        if skipped:
+            kinds = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
+            notes.append(f"data: skipped {sum(skipped.values())} bad records (data.on_error=skip): {kinds}")
+        if stats["filtered_too_long"]:
+            notes.append(f"data: dropped {stats['filtered_too_long']} prompts longer than data.max_prompt_tokens="
+                         f"{self.config.max_prompt_tokens}")
+        return notes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -160,3 +202,11 @@ class PromptDataset:
 
 class _Skip(Exception):
     """A record was counted as skipped (on_error="skip")."""
+
+
+def _enum_field(name: str, kind: type[enum.Enum], value):
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ValueError(f"PromptDataConfig.{name} must be one of {allowed}, got {value!r}") from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from r1_megatron.data.answer_format import AnswerFormat
+from r1_megatron.data.prompt_dataset import OnError
 from r1_megatron.data.synthetic import ArithmeticConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
@@ -27,7 +29,10 @@ def _positive(owner: str, **values) -> None:
 @dataclasses.dataclass
 class DataConfig:
     """Prompts: JSONL/Parquet files (`paths`, with the field names), or the built-in synthetic addition task
-    (`synthetic: arithmetic`). The tokenizer comes from `tokenizer` (a directory), else from model.path."""
+    (`synthetic: arithmetic`). The tokenizer comes from `tokenizer` (a directory), else from model.path.
+    answer_format: where the final answer is in the answer field (auto / gsm8k / boxed / raw, see
+    data/answer_format.py); tests_field: the code tests' field (code_tests); on_error: raise, or skip and count
+    bad records. docs/data.md describes the format."""
 
     paths: list[str] = dataclasses.field(default_factory=list)
     synthetic: str | None = None
@@ -35,10 +40,16 @@ class DataConfig:
     num_synthetic: int = 20000
     question_field: str = "question"
     answer_field: str | None = "answer"
+    answer_format: AnswerFormat = AnswerFormat.AUTO
+    tests_field: str | None = None
     template: str = "r1_zero"
     max_prompt_tokens: int | None = None
+    on_error: OnError = OnError.RAISE
     tokenizer: str | None = None
     seed: int = 0
+
+    # sample field a reward reads (rewards/registry.py SAMPLE_FIELDS) -> the key naming its record field
+    FIELD_KEYS = {"answer": "answer_field", "tests": "tests_field"}
 
     def __post_init__(self):
         if bool(self.paths) == (self.synthetic is not None):
@@ -48,6 +59,15 @@ class DataConfig:
             raise ValueError(f"data.synthetic must be 'arithmetic' (the built-in task), got {self.synthetic!r}")
         if isinstance(self.arithmetic, dict):
             self.arithmetic = ArithmeticConfig(**self.arithmetic)
+        self.answer_format = parse_enum(AnswerFormat, self.answer_format, "data.answer_format")
+        self.on_error = parse_enum(OnError, self.on_error, "data.on_error")
+
+    def missing_field(self, field: str) -> str | None:
+        """Why records will not have the sample field `field` (e.g. "tests"), None when they will."""
+        if self.synthetic is not None:
+            return None if field == "answer" else f"the synthetic {self.synthetic} task has no {field}"
+        key = self.FIELD_KEYS[field]
+        return f"set data.{key}" if getattr(self, key) is None else None
 
 
 @dataclasses.dataclass
@@ -144,6 +164,7 @@ class RewardsConfig:
     num_workers: int = 2
     timeout_s: float = 10.0
     plugin_modules: list[str] = dataclasses.field(default_factory=list)
+    max_failed_steps: int = 3  # stop when every sample's reward failed this many steps in a row (0: never)
 
     def __post_init__(self):
         from r1_megatron.rewards.runner import RewardConfig
@@ -158,6 +179,8 @@ class RewardsConfig:
             if name is not None and name not in self.weights:
                 raise ValueError(f"rewards.{role}={name!r} is not one of the rewards in rewards.weights "
                                  f"({', '.join(self.weights)})")
+        if not isinstance(self.max_failed_steps, int) or self.max_failed_steps < 0:
+            raise ValueError(f"rewards.max_failed_steps must be >= 0 (0: never stop), got {self.max_failed_steps!r}")
 
 
 @dataclasses.dataclass
@@ -237,3 +260,15 @@ class GRPORunConfig:
         if total % self.algorithm.mini_batches:
             raise ValueError(f"algorithm.mini_batches={self.algorithm.mini_batches} must divide the rollout's "
                              f"prompts_per_step × group_size = {total} sequences")
+        self._check_reward_fields()
+
+    def _check_reward_fields(self) -> None:
+        """Every reward gets the record fields it declared it reads (register_reward(needs=...)): otherwise each
+        of its samples fails in the reward workers, hours into the run instead of now."""
+        from r1_megatron.rewards.registry import reward_needs
+
+        for name in self.rewards.weights:
+            for field in reward_needs(name):
+                missing = self.data.missing_field(field)
+                if missing is not None:
+                    raise ValueError(f"rewards.weights has {name}, which reads each record's {field}: {missing}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 from r1_megatron.data.prompt_dataset import PromptDataConfig, PromptDataset
 from r1_megatron.data.synthetic import arithmetic_problems, build_arithmetic_tokenizer
+from r1_megatron.rewards.reference_check import ReferenceCheck, check_references
 from r1_megatron.tokenizer import Tokenizer, load_tokenizer
 
-from .config import GRPORunConfig
+from .config import DataConfig, GRPORunConfig
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out problems come from a different stream than training prompts
 
@@ -22,19 +24,55 @@ class Task:
     held_out: list[dict]  # {"question", "answer"} records for warm-start evaluation (synthetic task only)
 
 
-def build_task(cfg: GRPORunConfig) -> Task:
+# a reward that cannot read this share of the checked references gets a start-up warning
+UNUSABLE_REFERENCE_WARN_FRACTION = 0.1
+
+
+def build_task(cfg: GRPORunConfig, say: Callable[[str], None] = print) -> Task:
+    """The tokenizer and prompts; `say` gets the start-up notes on the data (what was converted, skipped or
+    looks unusable for the run's rewards), one line each."""
     data = cfg.data
     tokenizer_dir = _tokenizer_dir(cfg)
     tokenizer = load_tokenizer(tokenizer_dir)
-    prompt_cfg = PromptDataConfig(paths=tuple(data.paths) or (f"synthetic:{data.synthetic}",),
-                                  question_field=data.question_field, answer_field=data.answer_field,
-                                  template=data.template, max_prompt_tokens=data.max_prompt_tokens, seed=data.seed)
+    prompt_cfg = prompt_data_config(data)
     if data.synthetic is None:
-        return Task(tokenizer, tokenizer_dir, PromptDataset(prompt_cfg, tokenizer), [])
-    records = arithmetic_problems(data.num_synthetic, data.seed, data.arithmetic)
-    held_out = arithmetic_problems(cfg.warm_start.eval_prompts, data.seed + HELD_OUT_SEED_OFFSET, data.arithmetic)
-    dataset = PromptDataset.from_records(records, prompt_cfg, tokenizer, source=prompt_cfg.paths[0])
-    return Task(tokenizer, tokenizer_dir, dataset, held_out)
+        task = Task(tokenizer, tokenizer_dir, PromptDataset(prompt_cfg, tokenizer), [])
+    else:
+        records = arithmetic_problems(data.num_synthetic, data.seed, data.arithmetic)
+        held_out = arithmetic_problems(cfg.warm_start.eval_prompts, data.seed + HELD_OUT_SEED_OFFSET,
+                                       data.arithmetic)
+        dataset = PromptDataset.from_records(records, prompt_cfg, tokenizer, source=prompt_cfg.paths[0])
+        task = Task(tokenizer, tokenizer_dir, dataset, held_out)
+    for line in task.dataset.notes() + reference_warnings(cfg, task.dataset):
+        say(line)
+    return task
+
+
+def prompt_data_config(data: DataConfig) -> PromptDataConfig:
+    return PromptDataConfig(paths=tuple(data.paths) or (f"synthetic:{data.synthetic}",),
+                            question_field=data.question_field, answer_field=data.answer_field,
+                            tests_field=data.tests_field, template=data.template,
+                            max_prompt_tokens=data.max_prompt_tokens, seed=data.seed, on_error=data.on_error,
+                            answer_format=data.answer_format)
+
+
+def reference_warnings(cfg: GRPORunConfig, dataset: PromptDataset) -> list[str]:
+    """One warning per reward of the run that cannot read a large share of a bounded sample of the references."""
+    samples = [(s.source, s.reward_sample()) for s in dataset.samples]
+    return [_reference_warning(r) for r in check_references(list(cfg.rewards.weights), samples)
+            if r.failed and r.failed_fraction >= UNUSABLE_REFERENCE_WARN_FRACTION]
+
+
+_WHAT_TO_CHECK = {"answer": "data.answer_field and data.answer_format (gsm8k, boxed, raw)",
+                  "tests": "data.tests_field and the test format (docs/data.md)"}
+
+
+def _reference_warning(r: ReferenceCheck) -> str:
+    value = " ".join(str(r.first_value).split())  # one line
+    value = value if len(value) <= 80 else value[:77] + "..."
+    return (f"warning: {r.reward} cannot use the {r.first_field or 'reference data'} of {r.failed} of the "
+            f"{r.checked} records checked ({r.failed_fraction:.0%}), so it scores 0 on them; first: "
+            f"{r.first_source}: {value!r}: {r.first_problem}; check {_WHAT_TO_CHECK.get(r.first_field, 'the data')}")
 
 
 def _tokenizer_dir(cfg: GRPORunConfig) -> str:

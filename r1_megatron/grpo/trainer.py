@@ -34,6 +34,7 @@ from .config import GRPORunConfig
 from .logprob_pass import forward_logprobs, tensor_parallel_group
 from .preemption import stop_on_sigterm
 from .reference import ReferenceModel
+from .reward_health import RewardHealth
 from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, split_parts
 from .step_stats import StepStats
 from .task import build_task, sample_seed
@@ -60,7 +61,8 @@ class GRPOTrainer:
         cfg.model.check_path()
         latest = self._prepare_run_dir(resume)
         self.resumed = latest is not None
-        self.task = build_task(cfg)
+        self.task = build_task(cfg, say=self.say)
+        self.reward_health = RewardHealth(cfg.rewards.max_failed_steps)
         self.ddp = build_ddp(cfg.model.build(), distributed_optimizer=cfg.optimizer.distributed_optimizer)
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
                              eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed)
@@ -89,7 +91,7 @@ class GRPOTrainer:
         metrics = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
                                 resume_step=self.step if self.resumed else None, enabled=self.rank == 0)
         progress = Progress(cfg.steps, initial_step=self.step, enabled=cfg.logging.progress and self.rank == 0)
-        with rewards, metrics, stop_on_sigterm() as stop:
+        with rewards, metrics, progress, stop_on_sigterm() as stop:  # progress: closed before an error prints
             while self.step < cfg.steps:
                 t_step = time.perf_counter()
                 stats = StepStats()
@@ -103,6 +105,7 @@ class GRPOTrainer:
                 metrics.log(self.step, record)
                 metrics.log_samples(self.step, self.step_samples)
                 progress.update(self.step, record)
+                self.reward_health.end_step(self.step, record)  # RewardFailure: all ranks, on the same step
                 stopping = stop.agreed()
                 if stopping or self.step == cfg.steps or self._checkpoint_due():
                     self.save()
@@ -110,7 +113,6 @@ class GRPOTrainer:
                     self.say(f"SIGTERM: checkpointed step {self.step} in {self.checkpoints}; resume with "
                              f"`r1-megatron train grpo --resume {self.run_dir}`")
                     break
-        progress.close()
         return self.finish()
 
     def rollout(self, rewards: RewardRunner, stats: StepStats) -> list[RolloutSample]:
@@ -235,6 +237,7 @@ class GRPOTrainer:
         G = self.cfg.rollout.group_size
         lengths = [len(c.token_ids) for c in completions]
         stats.add_many("reward/total_mean", scored.total)
+        self.reward_health.record(stats, scored)  # reward/errors, reward/timeouts, reward/crashes
         for name, values in scored.per_reward.items():
             stats.add_many(f"reward/{name}_mean", values)
         for role, name in (("accuracy", self.cfg.rewards.accuracy), ("format_rate", self.cfg.rewards.format)):

@@ -42,6 +42,19 @@ def _parse_boxed(answer: str):
     return mv.parse("\\boxed{" + answer + "}", extraction_config=config, parsing_timeout=None)
 
 
+def check_reference(ground_truth: str, *, timeout_s: float = 3.0) -> None:
+    """ValueError when math_accuracy cannot read ``ground_truth``: math-verify finds no expression in it (its
+    only result is the raw-text fallback), so no completion can ever match it. The same gold parsing as
+    math_accuracy, under the same soft deadline."""
+    try:
+        with wall_deadline(timeout_s):
+            gold = _parse_gold(str(ground_truth).strip())
+    except RewardTimeout:
+        raise ValueError(f"math-verify did not parse it within {timeout_s} s") from None
+    if not any(not isinstance(g, str) for g in gold):
+        raise ValueError("math-verify finds no math expression in it")
+
+
 def math_accuracy(completion: str, ground_truth: str, *, timeout_s: float = 3.0) -> float:
     """1.0 when the completion's final answer is mathematically equivalent to ``ground_truth``, else 0.0.
 

@@ -1,22 +1,29 @@
 """Rewards by name. Every entry has the signature ``fn(completion, sample, **kwargs) -> float``.
 
-``sample`` is the prompt record (a mapping with at least the fields the reward reads, e.g. ``answer``);
-``kwargs`` come from ``RewardConfig.reward_kwargs[name]``. Entries are callables, or ``"module:function"``
-strings imported on first use (so a reward living outside this package costs nothing until used).
+``sample`` is the prompt's reference data, a mapping with the keys ``SAMPLE_FIELDS`` (``answer``: the final
+answer, ``tests``: code test cases; None where the dataset has no such field); ``kwargs`` come from
+``RewardConfig.reward_kwargs[name]``. Entries are callables, or ``"module:function"`` strings imported on first
+use (so a reward living outside this package costs nothing until used).
 Third-party rewards: call ``register_reward`` in a module and list that module in
 ``RewardConfig.plugin_modules`` so worker processes import it too.
+
+A reward declares the sample fields it reads (``needs``), so a run config that feeds it data without them is
+refused when it is loaded, and optionally a ``check(sample)`` that raises ValueError when a sample's reference
+data cannot be scored at all (a run checks a bounded sample of its prompts with it at start-up and warns).
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from .code_reward import code_tests
+from .code_reward import code_tests, parse_test_cases
 from .language_reward import language_consistency
-from .math_reward import math_accuracy
+from .math_reward import check_reference, math_accuracy
 from .template_format import format_reward
 
 RewardFn = Callable[..., float]
+RewardCheck = Callable[[Mapping[str, Any]], None]
+SAMPLE_FIELDS = ("answer", "tests")  # what every reward's `sample` holds (data's PromptSample.reward_sample)
 
 
 def _math_accuracy(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
@@ -35,6 +42,14 @@ def _code_tests(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
     return code_tests(completion, sample["tests"], **kwargs)
 
 
+def _check_math_reference(sample: Mapping[str, Any]) -> None:
+    check_reference(sample["answer"])
+
+
+def _check_code_tests(sample: Mapping[str, Any]) -> None:
+    parse_test_cases(sample["tests"])
+
+
 _REGISTRY: dict[str, RewardFn | str] = {
     "math_accuracy": _math_accuracy,
     "format": _format,
@@ -42,18 +57,44 @@ _REGISTRY: dict[str, RewardFn | str] = {
     "code_tests": _code_tests,
     "arithmetic_exact": "r1_megatron.data.synthetic:arithmetic_reward_for_sample",
 }
+_NEEDS: dict[str, tuple[str, ...]] = {"math_accuracy": ("answer",), "code_tests": ("tests",),
+                                      "arithmetic_exact": ("answer",)}
+_CHECKS: dict[str, RewardCheck] = {"math_accuracy": _check_math_reference, "code_tests": _check_code_tests}
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator adding ``fn(completion, sample, **kwargs) -> float`` under ``name`` (names are unique)."""
+def register_reward(name: str, *, needs: Sequence[str] = (), check: RewardCheck | None = None
+                    ) -> Callable[[RewardFn], RewardFn]:
+    """Decorator adding ``fn(completion, sample, **kwargs) -> float`` under ``name`` (names are unique).
+
+    ``needs``: the sample fields ``fn`` reads (of ``SAMPLE_FIELDS``). ``check``: ``check(sample)`` raises
+    ValueError saying why a sample's reference data cannot be scored (see the module docstring).
+    """
+    unknown = [f for f in needs if f not in SAMPLE_FIELDS]
+    if unknown or isinstance(needs, str):
+        raise ValueError(f"register_reward({name!r}): needs={needs!r} must list sample fields of {SAMPLE_FIELDS}")
 
     def add(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"reward {name!r} is already registered")
         _REGISTRY[name] = fn
+        _NEEDS[name] = tuple(needs)
+        if check is not None:
+            _CHECKS[name] = check
         return fn
 
     return add
+
+
+def reward_needs(name: str) -> tuple[str, ...]:
+    """The sample fields the reward ``name`` reads (as registered)."""
+    get_reward(name)
+    return _NEEDS.get(name, ())
+
+
+def reward_check(name: str) -> RewardCheck | None:
+    """The reward's reference-data check, None when it registered none."""
+    get_reward(name)
+    return _CHECKS.get(name)
 
 
 def reward_names() -> list[str]:

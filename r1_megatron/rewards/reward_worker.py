@@ -20,14 +20,16 @@ def _warm_up() -> None:
 
 
 def score_sample(completion, sample, names, reward_kwargs) -> tuple[dict[str, float], str | None]:
-    """Every named reward of one sample; a reward that raises scores 0.0 and its error is returned."""
+    """Every named reward of one sample; a reward that raises scores 0.0 and the first error is returned as
+    "<reward>: <ExceptionType>: <message>" (one line, so a run can quote it) and the traceback after it."""
     scores, error = {}, None
     for name in names:
         try:
             scores[name] = float(get_reward(name)(completion, sample, **reward_kwargs.get(name, {})))
-        except Exception:
+        except Exception as e:
             scores[name] = 0.0
-            error = error or f"{name}: {traceback.format_exc(limit=3)[-2000:]}"
+            summary = " ".join(f"{name}: {type(e).__name__}: {e}".split())[:500]
+            error = error or f"{summary}\n{traceback.format_exc(limit=3)[-2000:]}"
     return scores, error
 
 

@@ -78,12 +78,14 @@ class RewardConfig:
 @dataclasses.dataclass
 class RewardBatch:
     """Scores of one batch. ``failure[i]`` is None, "timeout", "crash" (worker died) or "error" (a reward
-    raised; that reward scored 0.0, the others count)."""
+    raised; that reward scored 0.0, the others count). ``errors[i]`` says what happened to a failed sample:
+    "<reward names>: <one-line summary>", then for an error the worker's traceback on further lines."""
 
     total: list[float]
     per_reward: dict[str, list[float]]
     failure: list[str | None]
     wall_s: float
+    errors: list[str | None] = dataclasses.field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         counts = collections.Counter(self.failure)
@@ -176,24 +178,24 @@ class RewardRunner:
         names = list(self.config.weights)
         per_reward = {name: [0.0] * n for name in names}
         failure: list[str | None] = [None] * n
+        errors: list[str | None] = [None] * n
         pending = collections.deque(range(n))
         done = 0
 
-        def on_result(task, scores, error):
+        def on_result(task, scores, kind, text):
             nonlocal done
             done += 1
-            if scores is None:
-                failure[task] = error
-                return
-            for name in names:
-                per_reward[name][task] = scores[name]
-            failure[task] = "error" if error else None
+            failure[task], errors[task] = kind, text
+            if scores is not None:  # None: timed out or crashed, every reward stays 0.0
+                for name in names:
+                    per_reward[name][task] = scores[name]
 
         while done < n:
             self._dispatch(pending, completions, samples, on_result)
             self._poll(self._next_deadline(), on_result)
         total = [sum(self.config.weights[k] * per_reward[k][i] for k in names) for i in range(n)]
-        return RewardBatch(total=total, per_reward=per_reward, failure=failure, wall_s=time.monotonic() - start)
+        return RewardBatch(total=total, per_reward=per_reward, failure=failure, wall_s=time.monotonic() - start,
+                           errors=errors)
 
     def _dispatch(self, pending, completions, samples, on_result) -> None:
         for worker in self._workers:
@@ -242,15 +244,24 @@ class RewardRunner:
             return
         task, scores, error = message
         worker.task, worker.deadline = None, math.inf
-        on_result(task, scores, error)
+        on_result(task, scores, "error" if error else None, error)
 
     def _fail(self, worker: _Worker, kind: str, on_result) -> None:
         task = worker.task
+        text = self._failure_text(worker, kind) if task is not None else None
         self._replace(worker)
         if task is not None:
-            on_result(task, None, kind)
+            on_result(task, None, kind, text)
         elif on_result is None or not worker.ready:
             raise RuntimeError(f"reward worker exited during start-up (exit code {worker.process.exitcode})")
+
+    def _failure_text(self, worker: _Worker, kind: str) -> str:
+        names = ", ".join(self.config.weights)
+        if kind == "timeout":
+            return f"{names}: timed out after {self.config.timeout_s:g} s (the worker was killed)"
+        worker.process.join(timeout=0.1)  # it has exited or closed its pipe: its exit code is there, or soon
+        code = worker.process.exitcode
+        return f"{names}: the reward worker died" + (f" (exit code {code})" if code is not None else "")
 
     def _replace(self, worker: _Worker) -> None:
         """Swap in a ready spare when there is one (a fresh process takes its place among the spares)."""

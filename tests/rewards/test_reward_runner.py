@@ -85,6 +85,20 @@ def test_crash_and_raise_are_counted(runner):
     assert runner.score(["\\boxed{1}"], [{"answer": "1"}]).total == [1.0 + 1.0]  # replaced worker works
 
 
+def test_failed_samples_keep_what_happened(runner):
+    """The worker's error text reaches the batch (first line: reward, exception type, message), and timeouts
+    and crashes say so; a run quotes the first line when it stops."""
+    batch = runner.score(["\\boxed{1}", "RAISE", "CRASH", "HANG"], [{"answer": "1"}] * 4)
+    assert batch.failure == [None, "error", "crash", "timeout"]
+    assert batch.errors[0] is None
+    first_line, _, traceback = batch.errors[1].partition("\n")
+    assert first_line == "test_misbehave: RuntimeError: reward bug"
+    assert "Traceback" in traceback and 'raise RuntimeError("reward bug")' in traceback
+    names = "math_accuracy, format, test_misbehave"
+    assert batch.errors[2] == f"{names}: the reward worker died (exit code 3)"
+    assert batch.errors[3] == f"{names}: timed out after 0.5 s (the worker was killed)"
+
+
 def test_missing_sample_field_is_an_error_not_a_hang(runner):
     batch = runner.score(["\\boxed{1}"], [{"question": "no answer field"}])
     assert batch.failure == ["error"] and batch.per_reward["math_accuracy"] == [0.0]
