@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import types
 
 import torch
 
@@ -47,11 +49,20 @@ class _NullStreamOrEvent:
         return 0.0
 
 
-# Megatron allocates with device="cuda" literals (the optimizer's found_inf, the schedules' token counts, clip_grads'
-# norms, MoE trackers): these tensor factories map a CUDA device to the CPU. Only the factories are wrapped, not
-# every torch call (a TorchFunctionMode would put a Python hook on every operation of every user's run).
+# Megatron allocates with device="cuda" (the optimizer's found_inf, the schedules' token counts, clip_grads' norms,
+# MoE trackers, dist-checkpointing's exchange buffers). In exactly the Megatron modules that do, the name `torch` is
+# rebound to a view of torch whose tensor factories put a CUDA device on the CPU. Nothing else sees a change: a
+# global TorchFunctionMode would put a Python hook on every torch call of every user, and wrapping torch.zeros & co.
+# globally breaks `with torch.device("meta")` (torch keeps the set of factories it redirects by identity).
 _FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
-              "zeros_like", "ones_like", "empty_like", "full_like", "eye", "triu_indices")
+              "zeros_like", "ones_like", "empty_like", "full_like", "eye", "triu", "tril")
+_ALLOCATE_ON_CUDA = (  # megatron-core 0.16.1 modules with a device="cuda" (or a device argument that is "cuda")
+    "megatron.core.dist_checkpointing.exchange_utils", "megatron.core.dist_checkpointing.mapping",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver", "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.optimizer.clip_grads", "megatron.core.optimizer.grad_scaler", "megatron.core.optimizer.optimizer",
+    "megatron.core.pipeline_parallel.schedules", "megatron.core.rerun_state_machine", "megatron.core.tensor_parallel.data",
+    "megatron.core.transformer.moe.moe_utils", "megatron.core.transformer.utils", "megatron.core.utils",
+)
 
 
 def _is_cuda(device) -> bool:
@@ -68,6 +79,24 @@ def _on_cpu(factory):
         return factory(*args, **kwargs)
 
     return cpu_factory
+
+
+class _TorchOnCpu(types.ModuleType):
+    """torch itself, but for the factories that allocate: those map a CUDA device to the CPU."""
+
+    def __init__(self):
+        super().__init__("torch")
+        for name in _FACTORIES:
+            setattr(self, name, _on_cpu(getattr(torch, name)))
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def _allocate_on_cpu() -> None:
+    view = _TorchOnCpu()
+    for name in _ALLOCATE_ON_CUDA:
+        importlib.import_module(name).torch = view
 
 
 def _patch_torch_cuda() -> None:
@@ -88,8 +117,6 @@ def _patch_torch_cuda() -> None:
     torch.cuda.manual_seed_all = lambda seed: None
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     torch.cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
-    for name in _FACTORIES:
-        setattr(torch, name, _on_cpu(getattr(torch, name)))
 
 
 def _patch_tensor_type_string() -> None:
@@ -187,4 +214,5 @@ def apply() -> None:
     _patch_torch_cuda()
     _patch_tensor_type_string()
     _patch_megatron()
+    _allocate_on_cpu()
     _applied = True

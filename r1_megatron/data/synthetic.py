@@ -40,20 +40,20 @@ def arithmetic_problems(n: int, seed: int, config: ArithmeticConfig = Arithmetic
     return records
 
 
-def arithmetic_reward(completion: str, answer: str, *, require_eos: bool = True) -> float:
-    """1.0 iff the completion up to its first ``<eos>`` equals ``answer`` exactly (and, with ``require_eos``,
-    the ``<eos>`` is there: a truncated completion scores 0). Decode completions with special tokens kept."""
-    if not isinstance(completion, str):
+def arithmetic_reward(completion: str, answer: str, *, stopped: bool = True, require_eos: bool = True) -> float:
+    """1.0 iff the completion is exactly ``answer`` and, with ``require_eos``, generation ended there with ``<eos>``
+    (``stopped``; a truncated completion scores 0). The completion is the decoded text without that ``<eos>``
+    (``Completion.content_ids``), special tokens kept, so ``4<spare_0>2`` is not ``42``."""
+    if not isinstance(completion, str) or (require_eos and not stopped):
         return 0.0
-    head, eos, _ = completion.partition(EOS)
-    if require_eos and not eos:
-        return 0.0
-    return 1.0 if head == str(answer) else 0.0
+    return 1.0 if completion == str(answer) else 0.0
 
 
 def arithmetic_reward_for_sample(completion: str, sample: Mapping[str, Any], **kwargs: Any) -> float:
-    """Registry adapter (reward name ``arithmetic_exact``)."""
-    return arithmetic_reward(completion, sample["answer"], **kwargs)
+    """Registry adapter (reward name ``arithmetic_exact``); the trainer's ``finish_reason`` says whether the
+    completion stopped at ``<eos>``."""
+    return arithmetic_reward(completion, sample["answer"], stopped=sample.get("finish_reason", "stop") == "stop",
+                             **kwargs)
 
 
 def build_arithmetic_tokenizer(directory: str | os.PathLike) -> str:

@@ -151,8 +151,8 @@ class GRPOTrainer:
         if not prompts:
             return []
         t1 = time.perf_counter()
-        texts = [self.task.tokenizer.decode(c.token_ids) for c in completions]
-        scored = rewards.score(texts, [p.reward_sample() for p in prompts for _ in range(G)])
+        texts, reward_samples = reward_inputs(self.task.tokenizer, prompts, completions)
+        scored = rewards.score(texts, reward_samples)
         t2 = time.perf_counter()
         rewards_B = torch.tensor(scored.total, dtype=torch.float32, device=self.engine.device)  # GPU: Triton kernel
         adv_B = group_advantages(rewards_B, G, std=cfg.algorithm.advantage_std, eps=cfg.algorithm.advantage_eps)
@@ -344,6 +344,16 @@ class GRPOTrainer:
     def say(self, message: str) -> None:
         if self.rank == 0:
             print(message, flush=True)
+
+
+def reward_inputs(tokenizer, prompts, completions) -> tuple[list[str], list[dict]]:
+    """What the rewards score: each completion's text, decoded with special tokens kept but without the EOS/stop
+    token that ended it (a chat model's `<|im_end|>` would fail the format reward's "nothing after </answer>"),
+    and its prompt's reference data plus `finish_reason` ("stop" or "length": whether it ended by itself)."""
+    texts = [tokenizer.decode(c.content_ids) for c in completions]
+    samples = [{**prompts[c.prompt_index].reward_sample(), "finish_reason": c.finish_reason.value}
+               for c in completions]
+    return texts, samples
 
 
 def _logged_steps(run_dir: Path) -> int:

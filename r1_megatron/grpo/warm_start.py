@@ -13,7 +13,7 @@ import random
 import torch
 
 from r1_megatron.data.synthetic import arithmetic_problems, arithmetic_reward
-from r1_megatron.rollout import Engine, SamplingParams
+from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.training.losses import next_token_cross_entropy
 from r1_megatron.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
 from r1_megatron.training.step import train_step
@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def greedy_accuracy(engine: Engine, task: Task, problems: list[dict]) -> float:
-    """Exact-match accuracy of greedy answers (special tokens kept so the EOS is checked)."""
+    """Exact-match accuracy of greedy answers (each must end with its EOS)."""
     prompts = [task.tokenizer.encode(p["question"]) for p in problems]
     out = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8))
-    texts = [task.tokenizer.decode(c.token_ids) for c in out]
-    return sum(arithmetic_reward(t, p["answer"]) for t, p in zip(texts, problems)) / len(problems)
+    return sum(arithmetic_reward(task.tokenizer.decode(c.content_ids), p["answer"],
+                                 stopped=c.finish_reason is FinishReason.STOP)
+               for c, p in zip(out, problems)) / len(problems)
 
 
 def sft_batch(task: Task, problems: list[dict]) -> dict:

@@ -1,7 +1,9 @@
 """Rewards by name. Every entry has the signature ``fn(completion, sample, **kwargs) -> float``.
 
-``sample`` is the prompt's reference data, a mapping with the keys ``SAMPLE_FIELDS`` (``answer``: the final
-answer, ``tests``: code test cases; None where the dataset has no such field); ``kwargs`` come from
+``completion`` is the decoded text without the EOS/stop token that ended it. ``sample`` is the prompt's reference
+data, a mapping with the keys ``SAMPLE_FIELDS`` (``answer``: the final answer, ``tests``: code test cases; None
+where the dataset has no such field), plus, from the trainer, the completion's ``finish_reason`` ("stop": it ended
+with its EOS, "length": cut off at max_new_tokens); ``kwargs`` come from
 ``RewardConfig.reward_kwargs[name]``. Entries are callables, or ``"module:function"`` strings imported on first
 use (so a reward living outside this package costs nothing until used).
 Third-party rewards: call ``register_reward`` in a module and list that module in

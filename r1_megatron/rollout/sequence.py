@@ -25,6 +25,12 @@ class Completion:
     logprobs: list[float]
     finish_reason: FinishReason
 
+    @property
+    def content_ids(self) -> list[int]:
+        """The tokens without the EOS/stop token that ended the completion (a chat model's `<|im_end|>` is no part
+        of its answer; whether it stopped is `finish_reason`)."""
+        return self.token_ids[:-1] if self.finish_reason is FinishReason.STOP else self.token_ids
+
 
 @dataclasses.dataclass(eq=False)
 class Sequence:

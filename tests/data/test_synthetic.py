@@ -21,17 +21,20 @@ def test_problems_are_deterministic_and_correct():
         ArithmeticConfig(num_digits=0)
 
 
-@pytest.mark.parametrize("completion,expected", [
-    ("46<eos>", 1.0), ("46<eos><pad><pad>", 1.0), ("46<eos>99", 1.0), ("46", 0.0), ("046<eos>", 0.0),
-    ("47<eos>", 0.0), ("4<eos>6", 0.0), ("<eos>", 0.0), ("", 0.0), (" 46<eos>", 0.0),
+@pytest.mark.parametrize("completion,stopped,expected", [
+    ("46", True, 1.0), ("46", False, 0.0), ("046", True, 0.0), ("47", True, 0.0), ("4<pad>6", True, 0.0),
+    ("", True, 0.0), (" 46", True, 0.0), ("46<pad>", True, 0.0),
 ])
-def test_exact_reward(completion, expected):
-    assert arithmetic_reward(completion, "46") == expected
+def test_exact_reward(completion, stopped, expected):
+    """The completion as the trainer gives it to rewards: decoded without the <eos> that ended it (`stopped`)."""
+    assert arithmetic_reward(completion, "46", stopped=stopped) == expected
 
 
 def test_reward_without_eos_requirement_and_registry():
-    assert arithmetic_reward("46", "46", require_eos=False) == 1.0
-    assert get_reward("arithmetic_exact")("46<eos>", {"answer": "46"}) == 1.0
+    assert arithmetic_reward("46", "46", stopped=False, require_eos=False) == 1.0
+    reward = get_reward("arithmetic_exact")
+    assert reward("46", {"answer": "46", "finish_reason": "stop"}) == 1.0
+    assert reward("46", {"answer": "46", "finish_reason": "length"}) == 0.0  # truncated: never saw its <eos>
 
 
 def test_dataset_from_synthetic_records(tmp_path):

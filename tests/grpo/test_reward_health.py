@@ -79,7 +79,7 @@ def test_the_cli_prints_a_reward_failure_as_one_line(monkeypatch, capsys):
     from r1_megatron import cli
     from r1_megatron.grpo import main
 
-    def broken_run(*args):
+    def broken_run(*args, **kwargs):
         raise RewardFailure("rewards failed on every sample of steps 1-3 (...); first failure: r: ValueError: bad")
 
     monkeypatch.setattr(main, "run_grpo", broken_run)

@@ -13,7 +13,7 @@ from r1_megatron.run_config import ConfigError, load_run_config
 from tests.data.test_answer_format import CORRECT, GSM8K_RECORDS, write_jsonl
 
 MATH = ["rewards.weights={math_accuracy: 1.0, format: 1.0}", "rewards.accuracy=math_accuracy",
-        "rewards.format=format", "data.synthetic=null", "data.template=r1_zero"]
+        "rewards.format=format", "data.synthetic=null", "data.template=r1_zero", "warm_start.max_steps=0"]
 ADD_PROGRAM = ("<think>read two ints</think> <answer>\n```python\na, b = map(int, input().split())\nprint(a + b)\n"
                "```\n</answer>")
 
@@ -80,7 +80,7 @@ def code_records(tmp_path):
         {"prompt": "Write add(a, b).", "tests": json.dumps(["assert add(1, 2) == 3"])}])
 
 
-CODE = ["data.synthetic=null", "rewards.weights={code_tests: 1.0}", "rewards.accuracy=code_tests",
+CODE = ["data.synthetic=null", "warm_start.max_steps=0", "rewards.weights={code_tests: 1.0}", "rewards.accuracy=code_tests",
         "data.question_field=prompt", "data.answer_field=null"]
 
 
@@ -132,7 +132,7 @@ def test_config_errors(overrides, message):
 def test_the_cross_check_names_the_recipe_lines(tmp_path):
     recipe = tmp_path / "code.yaml"
     recipe.write_text("data:\n  paths: [c.jsonl]\n  answer_field: null\nrewards:\n  weights: {code_tests: 1.0}\n"
-                      "  accuracy: code_tests\n  format: null\n")
+                      "  accuracy: code_tests\n  format: null\nwarm_start:\n  max_steps: 0\n")
     with pytest.raises(ConfigError) as err:
         load_run_config(recipe)
     # the line of rewards.weights, and of the data section where data.tests_field belongs
@@ -146,7 +146,7 @@ def test_plugin_rewards_declare_the_fields_they_read(tmp_path):
         return float(bool(sample["tests"]))
 
     with pytest.raises(ConfigError, match="rewards.weights has test_needs_tests, which reads each record's tests"):
-        load_run_config(None, ["data.synthetic=null", "data.paths=[c.jsonl]", "rewards.accuracy=null",
+        load_run_config(None, ["data.synthetic=null", "data.paths=[c.jsonl]", "rewards.accuracy=null", "warm_start.max_steps=0",
                                "rewards.weights={test_needs_tests: 1.0}"])
     with pytest.raises(ValueError, match=r"needs=\('question',\) must list sample fields of \('answer', 'tests'\)"):
         register_reward("test_needs_question", needs=("question",))

@@ -37,14 +37,15 @@ def worker_env() -> dict:
             "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"), "OMP_NUM_THREADS": "1"}
 
 
-def run_to_end(cmd: list[str], timeout: int = 600) -> str:
-    """Run `cmd` to completion (its process group is killed on timeout); fail with its output if it fails."""
+def run_to_end(cmd: list[str], timeout: int = 600) -> tuple[str, str]:
+    """(stdout, stderr) of `cmd` run to completion (its process group is killed on timeout); fail with its output
+    if it fails."""
     with ProcessGroup(cmd, worker_env()) as proc:
         out, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd[:5])}... failed with code {proc.returncode}:\n"
                              f"{out[-6000:]}\n{err[-12000:]}")
-    return out
+    return out, err
 
 
 def torchrun(scenario: str, workdir: Path, nproc: int, timeout: int = 600, extra: tuple[str, ...] = ()) -> list[dict]:

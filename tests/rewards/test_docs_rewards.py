@@ -47,7 +47,8 @@ def test_the_page_table_is_what_the_workers_score(tmp_path, monkeypatch):
 def test_the_plugin_check_warns_about_references_that_are_not_letters(tmp_path):
     path = tmp_path / "mcq.jsonl"
     path.write_text("".join(json.dumps({"question": "q", "answer": a}) + "\n" for a in ["B", "Jupiter"]))
-    cfg = load_run_config(None, ["data.synthetic=null", f"data.paths=[{path}]", f"rewards.plugin_modules=[{PLUGIN}]",
+    cfg = load_run_config(None, ["data.synthetic=null", "warm_start.max_steps=0", f"data.paths=[{path}]",
+                                 f"rewards.plugin_modules=[{PLUGIN}]",
                                  "rewards.weights={choice_exact: 1.0}", "rewards.accuracy=choice_exact"])
     dataset = PromptDataset(PromptDataConfig(paths=(str(path),), shuffle=False))
     assert reference_warnings(cfg, dataset) == [
