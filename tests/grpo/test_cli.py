@@ -32,6 +32,10 @@ def cli(*args, timeout=300):
       "warm_start.max_steps=0"],
      "/nonexistent/prompts.jsonl"),
     (["--config", "/nonexistent/recipe.yaml"], "/nonexistent/recipe.yaml"),
+    # a wrong model path is reported as such, not as a missing tokenizer (the tokenizer comes from model.path)
+    (["model.preset=null", "model.path=/nonexistent/Qwen2.5-Math-7B", "data.synthetic=null",
+      "data.paths=[/nonexistent/prompts.jsonl]", "warm_start.max_steps=0"],
+     "model.path=/nonexistent/Qwen2.5-Math-7B: no such directory"),
 ])
 def test_bad_config_and_missing_files_give_one_line(args, message, tmp_path):
     tokenizer = build_arithmetic_tokenizer(tmp_path / "tokenizer")
