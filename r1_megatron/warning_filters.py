@@ -1,10 +1,12 @@
 """The third-party warnings r1_megatron silences, each with the reason it carries no information for our users.
 
-Installed once when `r1_megatron.runtime` is imported (every command and the Python API go through it). Each filter
-is as narrow as the warning allows: its message, and where the warning points to its origin, its module.
+Installed once when `r1_megatron.runtime` is imported (every command and the Python API go through it), except
+those that only one call raises, which hold around that call alone. Each filter is as narrow as the warning allows:
+its message, and where the warning points to its origin, its module.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 _FILTERS = (
@@ -24,6 +26,25 @@ _FILTERS = (
 )
 
 
+# megatron-core 0.16.1 (pinned) loads checkpoints through torch.distributed.checkpoint's deprecated `load_state_dict`
+# and hands it ShardedTensors, which torch deprecates in favour of DTensor: FutureWarnings on every load (resume,
+# export) about code that is neither ours nor our users' to change.
+_CHECKPOINT_LOAD_FILTERS = (
+    dict(message=r"`load_state_dict` is deprecated", category=FutureWarning, module=r"megatron\.core\.dist_checkpointing"),
+    # attributed to whichever torch frame touched the ShardedTensor (the planner's helpers)
+    dict(message=r"Please use DTensor instead and we are deprecating ShardedTensor", category=FutureWarning),
+)
+
+
 def install() -> None:
     for spec in _FILTERS:
         warnings.filterwarnings("ignore", **spec)
+
+
+@contextlib.contextmanager
+def checkpoint_load():
+    """Around Megatron's dist_checkpointing.load only."""
+    with warnings.catch_warnings():
+        for spec in _CHECKPOINT_LOAD_FILTERS:
+            warnings.filterwarnings("ignore", **spec)
+        yield

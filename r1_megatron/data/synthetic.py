@@ -13,7 +13,6 @@ from r1_megatron.atomic_file import write_text_atomically
 ARITHMETIC_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 ARITHMETIC_CHARS = tuple("0123456789") + ("+", "=")
 ARITHMETIC_SPARES = tuple(f"<spare_{i}>" for i in range(4))
-EOS = "<eos>"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,6 @@ healthy; after `rewards.max_failed_steps` such steps in a row the run stops and 
 """
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
@@ -15,8 +14,8 @@ if TYPE_CHECKING:
 
     from .step_stats import StepStats
 
-# RewardBatch.failure kind -> the per-step metric counting it (a total over the step's samples and DP ranks)
-FAILURE_METRICS = {"error": "reward/errors", "timeout": "reward/timeouts", "crash": "reward/crashes"}
+# the per-step failure counts RewardBatch.metrics() gives (totals over the step's samples and DP ranks)
+FAILURE_METRICS = ("reward/errors", "reward/timeouts", "reward/crashes")
 SAMPLES_METRIC = "reward/samples"
 
 
@@ -36,17 +35,17 @@ class RewardHealth:
         self._step_error: str | None = None
 
     def record(self, stats: StepStats, batch: RewardBatch) -> None:
-        counts = collections.Counter(batch.failure)
+        counts = batch.metrics()
         stats.total(SAMPLES_METRIC, float(len(batch.failure)))
-        for kind, metric in FAILURE_METRICS.items():
-            stats.total(metric, float(counts[kind]))
+        for metric in FAILURE_METRICS:
+            stats.total(metric, counts[metric])
         if self._step_error is None:
             self._step_error = next((e.partition("\n")[0] for e in batch.errors if e), None)
 
     def end_step(self, step: int, metrics: Mapping[str, float]) -> None:
         """Raises RewardFailure on the max_failed_steps-th step in a row whose samples all failed."""
         samples = metrics.get(SAMPLES_METRIC, 0.0)
-        failed = sum(metrics.get(m, 0.0) for m in FAILURE_METRICS.values())
+        failed = sum(metrics.get(m, 0.0) for m in FAILURE_METRICS)
         step_error, self._step_error = self._step_error, None
         if not (samples > 0 and failed >= samples):
             self.failed_steps, self.first_error = 0, None
@@ -59,6 +58,6 @@ class RewardHealth:
     def _message(self, step: int, metrics: Mapping[str, float]) -> str:
         first = step - self.failed_steps + 1
         steps = f"steps {first}-{step}" if first < step else f"step {step}"
-        counts = ", ".join(f"{int(metrics.get(m, 0.0))} {m.removeprefix('reward/')}" for m in FAILURE_METRICS.values())
+        counts = ", ".join(f"{int(metrics.get(m, 0.0))} {m.removeprefix('reward/')}" for m in FAILURE_METRICS)
         return (f"rewards failed on every sample of {steps} ({counts} in step {step}; rewards.max_failed_steps="
                 f"{self.max_failed_steps}); first failure: {self.first_error or 'on another data-parallel rank'}")

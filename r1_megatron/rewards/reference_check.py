@@ -42,7 +42,7 @@ def check_references(rewards: Sequence[str], samples: Sequence[tuple[str, Mappin
                      budget_s: float = 5.0) -> list[ReferenceCheck]:
     """One ReferenceCheck per reward in ``rewards`` that registered a check, over (source, sample) pairs."""
     picked = evenly_spaced(samples, limit)
-    checks = [(name, reward_check(name)) for name in rewards if reward_check(name) is not None]
+    checks = [(name, check) for name in rewards if (check := reward_check(name)) is not None]
     return [_check_one(name, check, picked, time.monotonic() + budget_s / len(checks)) for name, check in checks]
 
 

@@ -12,13 +12,11 @@ layout is the one that saved them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import random
 import shutil
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from r1_megatron import warning_filters
 from r1_megatron.atomic_file import write_text_atomically
 from r1_megatron.runtime import ParallelConfig, current_parallel_config
 from r1_megatron.training.step import unwrap
@@ -253,20 +252,6 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
                           tokenizer_dir=tokenizer_dir)
 
 
-@contextlib.contextmanager
-def _quiet_megatron_deprecations():
-    """megatron-core 0.16.1 (pinned) loads through torch.distributed.checkpoint's deprecated `load_state_dict` and
-    hands it ShardedTensors, which torch deprecates in favour of DTensor: FutureWarnings on every load about code
-    that is neither ours nor our users' to change. Exactly these two are silenced, and only around the load."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`load_state_dict` is deprecated", category=FutureWarning,
-                                module=r"megatron\.core\.dist_checkpointing")
-        # attributed to whichever torch frame touched the ShardedTensor (the planner's helpers)
-        warnings.filterwarnings("ignore", message=r"Please use DTensor instead and we are deprecating ShardedTensor",
-                                category=FutureWarning)
-        yield
-
-
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None,
                     extra_models: dict | None = None) -> CheckpointInfo:
     """Collectively load the checkpoint directory `path` into this rank's model (and optimizer, scheduler, and
@@ -284,7 +269,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
         optimizer = None
     sharded, canonical = _sharded_state(model, optimizer, with_rng=same_layout and saved_step is not None,
                                         saved_step=saved_step, extra_models=extra_models)
-    with _quiet_megatron_deprecations():
+    with warning_filters.checkpoint_load():
         state = dist_checkpointing.load(sharded, str(path))
     unwrap(model).load_state_dict(state["model"])
     for name, extra in (extra_models or {}).items():

@@ -3,7 +3,6 @@ a GSM8K-style JSONL ("#### 72" answers), the shipped 7B recipe scaled down on th
 distributed optimizer, at 1 process and under torchrun at TP2 and DP2. Every run ends with an `hf/` directory that
 transformers loads with its chat template and decodes greedily into the tokens our engine generates."""
 import json
-import subprocess
 import sys
 
 import pytest
