@@ -8,6 +8,7 @@ from r1_megatron.models.hf_checkpoint import _local_tensors
 from r1_megatron.models.hf_weights import weight_rules
 from r1_megatron.models.placement import Placement
 from r1_megatron.training.losses import next_token_cross_entropy
+from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
 from r1_megatron.training.step import build_ddp, train_step, unwrap
 
@@ -19,10 +20,10 @@ def global_batch(step: int, vocab: int) -> torch.Tensor:
     return torch.randint(0, vocab, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(100 + step))
 
 
-def micro_batches(ids: torch.Tensor, dp_rank: int, dp_size: int, micro_batch_size: int) -> list[dict]:
+def micro_batches(ids: torch.Tensor, dp_rank: int, dp_size: int, micro_batch_size: int) -> list[MicroBatch]:
     """This DP rank's contiguous share of the global batch, cut into micro-batches."""
     share = ids.chunk(dp_size)[dp_rank]
-    return [dict(input_ids=mb[:, :-1], labels=mb[:, 1:], loss_mask=torch.ones(mb.shape[0], SEQ))
+    return [MicroBatch(mb[:, :-1], mb[:, 1:], torch.ones(mb.shape[0], SEQ))
             for mb in share.split(micro_batch_size)]
 
 
