@@ -125,6 +125,9 @@ class _Stored:
     def of(cls, example: SFTExample | _Stored) -> _Stored:
         if isinstance(example, _Stored):
             return example
+        if len(example.loss_mask) != len(example.tokens) - 1:
+            raise ValueError(f"SFTExample {example.source}: loss_mask has {len(example.loss_mask)} entries, expected "
+                             f"len(tokens) - 1 = {len(example.tokens) - 1}")
         return cls(np.asarray(example.tokens, dtype=np.int32), np.asarray(example.loss_mask, dtype=np.float32),
                    example.source)
 

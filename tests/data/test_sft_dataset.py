@@ -371,6 +371,8 @@ def test_in_memory_records_and_direct_dataset(tok):
     assert served == splits.train[0]
     with pytest.raises(ValueError, match="no train examples"):
         SFTDataset([], cfg)
+    with pytest.raises(ValueError, match=r"SFTExample f:1: loss_mask has 2 entries, expected len\(tokens\) - 1 = 1"):
+        SFTDataset([SFTExample([1, 2], [1.0, 1.0], "f:1")], cfg)
 
 
 # ---- docs/sft_data.md's worked example is what the code renders ----------------------------------------------------
