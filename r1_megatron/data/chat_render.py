@@ -142,7 +142,8 @@ class ChatRenderer:
     def _assistant_span(self, dicts: list[dict[str, Any]], i: int, full: list[int]) -> tuple[int, int]:
         """[start, end) in ``full`` of assistant message i's tokens through its end-of-turn token."""
         before = self._encode_chat(dicts[:i], generation_prompt=True)
-        through = self._encode_chat(dicts[:i + 1], generation_prompt=False)
+        # the last turn's rendering is the whole conversation's: skip encoding the (long) text twice
+        through = full if i + 1 == len(dicts) else self._encode_chat(dicts[:i + 1], generation_prompt=False)
         what = f"messages 1-{i} with the generation prompt" if i else "the generation prompt alone"
         self._require_prefix(before, through, what, f"messages 1-{i + 1}")
         self._require_prefix(through, full, f"messages 1-{i + 1}", f"all {len(dicts)} messages")

@@ -28,6 +28,8 @@ import hashlib
 import random
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from r1_megatron.tokenizer import Tokenizer
 
 from .chat_render import COLD_START_SEPARATOR, ROLES, ChatRenderer, Message, RenderError, SFTTemplate
@@ -111,6 +113,33 @@ class SFTExample:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Stored:
+    """An example as the dataset holds it: 8 bytes a token (Python lists take ~45), built into an SFTExample when
+    it is served, so that large distillation sets fit in memory."""
+
+    tokens: np.ndarray  # int32
+    loss_mask: np.ndarray  # float32, len(tokens) - 1
+    source: str
+
+    @classmethod
+    def of(cls, example: SFTExample | _Stored) -> _Stored:
+        if isinstance(example, _Stored):
+            return example
+        if len(example.loss_mask) != len(example.tokens) - 1:
+            raise ValueError(f"SFTExample {example.source}: loss_mask has {len(example.loss_mask)} entries, expected "
+                             f"len(tokens) - 1 = {len(example.tokens) - 1}")
+        return cls(np.asarray(example.tokens, dtype=np.int32), np.asarray(example.loss_mask, dtype=np.float32),
+                   example.source)
+
+    def example(self) -> SFTExample:
+        return SFTExample(self.tokens.tolist(), self.loss_mask.tolist(), self.source)
+
+    def summary(self) -> str:
+        """What the resume fingerprint covers."""
+        return f"{self.source} {len(self.tokens)} {int(np.count_nonzero(self.loss_mask))}"
+
+
+@dataclasses.dataclass(frozen=True)
 class _At:
     """Where a record is, for its errors."""
 
@@ -172,7 +201,7 @@ class _ExampleBuilder:
                                      config.end_of_turn_token)
         self.stats: collections.Counter[str] = collections.Counter()
 
-    def build(self, records: Iterable[tuple[str, int, dict[str, Any] | DataError]]) -> list[SFTExample]:
+    def build(self, records: Iterable[tuple[str, int, dict[str, Any] | DataError]]) -> list[_Stored]:
         examples = []
         for path, line, record in records:
             try:
@@ -187,7 +216,8 @@ class _ExampleBuilder:
                 continue
             if example is not None:
                 examples.append(example)
-                self.stats.update(kept=1, tokens=len(example.tokens), trained_tokens=example.num_trained)
+                self.stats.update(kept=1, tokens=len(example.tokens),
+                                  trained_tokens=int(np.count_nonzero(example.loss_mask)))
         return examples
 
     def _messages(self, at: _At, record: dict[str, Any]) -> tuple[list[Message], str]:
@@ -203,19 +233,19 @@ class _ExampleBuilder:
         messages = [Message("system", system)] if system else []
         return messages + [Message("user", prompt), Message("assistant", response, reasoning)], cfg.response_field
 
-    def _example(self, at: _At, record: dict[str, Any]) -> SFTExample:
+    def _example(self, at: _At, record: dict[str, Any]) -> _Stored:
         messages, field = self._messages(at, record)
         try:
             tokens, trained = self.renderer.render(messages)
         except RenderError as e:
             raise at.error(str(e), field, e.kind) from None
-        loss_mask = [1.0 if t else 0.0 for t in trained[1:]]  # the label of position t is token t + 1
-        if not any(loss_mask):
+        loss_mask = np.asarray(trained[1:], dtype=np.float32)  # the label of position t is token t + 1
+        if not loss_mask.any():
             raise at.error("nothing to train on: no assistant tokens", field, "nothing_to_train")
         self.stats["rendered"] += 1
-        return SFTExample(tokens, loss_mask, source=f"{at.path}:{at.line}")
+        return _Stored(np.asarray(tokens, dtype=np.int32), loss_mask, source=f"{at.path}:{at.line}")
 
-    def _fit(self, example: SFTExample) -> SFTExample | None:
+    def _fit(self, example: _Stored) -> _Stored | None:
         """The example within max_seq_len tokens, or None (dropped and counted)."""
         n = self.config.max_seq_len
         if len(example.tokens) <= n:
@@ -224,11 +254,11 @@ class _ExampleBuilder:
             self.stats["dropped_overlong"] += 1
             return None
         loss_mask = example.loss_mask[:n - 1]
-        if not any(loss_mask):
+        if not loss_mask.any():
             self.stats["dropped_truncated_away"] += 1
             return None
         self.stats["truncated"] += 1
-        return SFTExample(example.tokens[:n], loss_mask, example.source)
+        return _Stored(example.tokens[:n].copy(), loss_mask.copy(), example.source)  # copies free the long arrays
 
 
 def _file_records(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, Any] | DataError]]:
@@ -237,7 +267,7 @@ def _file_records(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, An
             yield path, line, record
 
 
-def _hold_out(examples: list[SFTExample], fraction: float, seed: int) -> tuple[list[SFTExample], list[SFTExample]]:
+def _hold_out(examples: list[_Stored], fraction: float, seed: int) -> tuple[list[_Stored], list[_Stored]]:
     """(training, validation): round(fraction * n) examples (at least one) chosen by seed, each in file order."""
     order = list(range(len(examples)))
     random.Random(f"{seed}:validation").shuffle(order)
@@ -259,18 +289,26 @@ class SFTDataset:
                  stats: collections.Counter[str] | None = None, split: str = "train"):
         if not examples:
             raise ValueError(f"SFTDataset: no {split} examples")
-        self.examples, self.config, self.split = list(examples), config, split
-        self.stats = stats if stats is not None else collections.Counter(kept=len(self.examples))
-        self._fingerprint = hashlib.sha1("\n".join(f"{e.source} {len(e.tokens)} {e.num_trained}"
-                                                   for e in self.examples).encode()).hexdigest()[:16]
+        self._stored, self.config, self.split = [_Stored.of(e) for e in examples], config, split
+        self.stats = stats if stats is not None else collections.Counter(kept=len(self._stored))
+        self._fingerprint = hashlib.sha1("\n".join(e.summary() for e in self._stored).encode()).hexdigest()[:16]
         self._epoch, self._position = 0, 0
         self._order = self._permutation(0)
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self._stored)
 
     def __getitem__(self, i: int) -> SFTExample:
-        return self.examples[i]
+        return self._stored[i].example()
+
+    @property
+    def examples(self) -> list[SFTExample]:
+        """Every example, in file order (built anew on each call: for small sets and tests)."""
+        return [e.example() for e in self._stored]
+
+    def lengths(self) -> list[int]:
+        """Tokens per example, in file order (for length statistics and batch planning)."""
+        return [len(e.tokens) for e in self._stored]
 
     @property
     def epoch(self) -> int:
@@ -283,7 +321,7 @@ class SFTDataset:
         return self._epoch + self._position / len(self._order)
 
     def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(len(self.examples)))
+        order = list(range(len(self._stored)))
         if self.config.shuffle:
             random.Random(f"{self.config.seed}:{epoch}").shuffle(order)
         return order
@@ -295,19 +333,19 @@ class SFTDataset:
             if self._position == len(self._order):
                 self._epoch, self._position = self._epoch + 1, 0
                 self._order = self._permutation(self._epoch)
-            batch.append(self.examples[self._order[self._position]])
+            batch.append(self._stored[self._order[self._position]].example())
             self._position += 1
         return batch
 
     def iter_batches(self, n: int) -> Iterator[list[SFTExample]]:
         """One pass over all examples in file order, ``n`` at a time (the last batch may be short); the training
         position is untouched (for validation)."""
-        for start in range(0, len(self.examples), n):
-            yield self.examples[start:start + n]
+        for start in range(0, len(self._stored), n):
+            yield [e.example() for e in self._stored[start:start + n]]
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "position": self._position, "seed": self.config.seed,
-                "num_examples": len(self.examples), "fingerprint": self._fingerprint}
+                "num_examples": len(self._stored), "fingerprint": self._fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume where ``state`` was taken; the dataset must be built from the same data, config and seed."""
@@ -380,7 +418,7 @@ def load_sft_datasets(config: SFTDataConfig, tokenizer: Tokenizer, records: Sequ
         return SFTSplits(train, validation)
     if not config.validation_fraction:
         return SFTSplits(train, None)
-    kept, held = _hold_out(train.examples, config.validation_fraction, config.seed)
+    kept, held = _hold_out(train._stored, config.validation_fraction, config.seed)
     train.stats["held_out"] = len(held)
     return SFTSplits(SFTDataset(kept, config, train.stats, "train"), SFTDataset(held, config, split="validation"))
 

@@ -10,6 +10,8 @@ import pytest
 from r1_megatron.data.records import DataError
 from r1_megatron.data.sft_dataset import SFTDataConfig, SFTDataset, SFTExample, load_sft_datasets
 from r1_megatron.tokenizer import load_tokenizer
+from r1_megatron.training.packing import TrainSequence, pack_batches, packing_stats
+from tests.doc_examples import ROOT, doc_examples
 from tests.models.hf_fixtures import chat_tokenizer
 
 Q, A = "What is 1 + 2?", "The sum is 3."
@@ -124,8 +126,8 @@ def test_end_of_turn_token(tmp_path, tok):
 # ---- r1 templates: exact text -------------------------------------------------------------------------------
 
 def test_r1_distill_text(tmp_path, tok):
-    lines = [{"prompt": Q, "response": A, "reasoning": "Add them."}, {"prompt": Q, "response": "<think>\nx\n</think>\n\n3"},
-             {"prompt": Q, "response": A}]
+    lines = [{"prompt": Q, "response": A, "reasoning": "Add them."},
+             {"prompt": Q, "response": "<think>\nx\n</think>\n\n3"}, {"prompt": Q, "response": A}]
     ds = load(tmp_path, tok, lines, template="r1_distill").train
     assert tok.decode(ds[0].tokens) == PROMPT_TEXT + "<think>\nAdd them.\n</think>\n\nThe sum is 3.<|im_end|>"
     assert trained_text(tok, ds[0]) == "<think>\nAdd them.\n</think>\n\nThe sum is 3.<|im_end|>"
@@ -137,7 +139,8 @@ def test_r1_distill_text(tmp_path, tok):
 
 def test_r1_distill_generation_prompt_that_opens_think(tmp_path, tok):
     opening = copy.copy(tok)
-    opening.chat_template = tok.chat_template.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+    opening.chat_template = tok.chat_template.replace("'<|im_start|>assistant\\n'",
+                                                      "'<|im_start|>assistant\\n<think>\\n'")
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": Q, "response": A, "reasoning": "Add."}])
     ex = load_sft_datasets(SFTDataConfig(paths=(path,), template="r1_distill"), opening).train[0]
     assert tok.decode(ex.tokens) == PROMPT_TEXT + "<think>\nAdd.\n</think>\n\nThe sum is 3.<|im_end|>"
@@ -362,6 +365,53 @@ def test_in_memory_records_and_direct_dataset(tok):
     splits = load_sft_datasets(cfg, tok, records=[user_assistant()], source="<rejection sampling>")
     assert splits.train[0].source == "<rejection sampling>:1"
     ds = SFTDataset(splits.train.examples * 2, cfg)
-    assert len(ds) == 2 and ds.notes() == []
+    assert len(ds) == 2 and ds.notes() == [] and ds.lengths() == [32, 32]
+    served = ds.next_batch(1)[0]  # held compactly, served as plain lists
+    assert type(served.tokens) is list and type(served.tokens[0]) is int and type(served.loss_mask[0]) is float
+    assert served == splits.train[0]
     with pytest.raises(ValueError, match="no train examples"):
         SFTDataset([], cfg)
+    with pytest.raises(ValueError, match=r"SFTExample f:1: loss_mask has 2 entries, expected len\(tokens\) - 1 = 1"):
+        SFTDataset([SFTExample([1, 2], [1.0, 1.0], "f:1")], cfg)
+
+
+# ---- docs/sft_data.md's worked example is what the code renders ----------------------------------------------------
+
+def marked(tok, example: SFTExample) -> str:
+    """The example's text with each trained run of tokens inside ⟦...⟧ (the docs' notation)."""
+    flags = [False] + [m > 0 for m in example.loss_mask]
+    runs: list[tuple[bool, list[int]]] = []
+    for token, on in zip(example.tokens, flags):
+        if not runs or runs[-1][0] != on:
+            runs.append((on, []))
+        runs[-1][1].append(token)
+    return "".join(f"⟦{tok.decode(ids)}⟧" if on else tok.decode(ids) for on, ids in runs)
+
+
+@pytest.mark.parametrize("template, line", [("chat", 1), ("chat", 2), ("r1_distill", 1), ("r1_cold_start", 2)])
+def test_docs_worked_example(tmp_path, tok, template, line):
+    docs = doc_examples("sft_data.md")
+    path = tmp_path / "sft_train.jsonl"
+    path.write_text(docs["sft_train.jsonl"])
+    ds = load_sft_datasets(SFTDataConfig(paths=(str(path),), template=template, on_error="skip",
+                                         shuffle=False), tok).train
+    example = next(e for e in ds.examples if e.source == f"{path}:{line}")
+    assert marked(tok, example).rstrip("\n") == docs[f"{template} line {line}"].rstrip("\n")
+    if template == "chat" and line == 1:
+        assert (len(example.tokens), example.num_trained) == (107, 56)  # the counts the page gives
+    if template == "r1_cold_start":  # line 1 has no reasoning in its last answer: the page's error
+        with pytest.raises(DataError, match=r"sft_train.jsonl:1: field 'messages': r1_cold_start needs the reasoning"):
+            load_sft_datasets(SFTDataConfig(paths=(str(path),), template=template), tok)
+
+
+def test_docs_packing_table():
+    seqs = [TrainSequence(t, [1.0] * (len(t) - 1)) for t in
+            ([10, 11, 12, 13], [20, 21, 22], [30, 31, 32, 33, 34, 35], [40, 41])]
+    batches = pack_batches(seqs, 6, pad_id=-1)
+    table = [[mb.input_ids[0].tolist(), mb.labels[0].tolist(), mb.position_ids[0].tolist(),
+              mb.segment_ids[0].tolist()] for mb in batches]
+    page = (ROOT / "docs" / "sft_data.md").read_text()
+    for row, columns in enumerate(table):
+        cells = " | ".join(" ".join("pad" if v == -1 else str(v) for v in col) for col in columns)
+        assert f"| {row} | {cells} |" in page
+    assert packing_stats(seqs, batches).efficiency == 11 / 12
