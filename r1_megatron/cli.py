@@ -1,51 +1,54 @@
-"""The `r1-megatron` command (also `python -m r1_megatron`)."""
+"""The `r1-megatron` command (also `python -m r1_megatron`).
+
+Commands are a table: name → (help, how to add its arguments, how to run it). `train` has its own table of
+algorithms. A name that is not in a table is refused by argparse; nothing falls through to another command.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Callable
 
 from r1_megatron import warning_filters
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="r1-megatron", description="DeepSeek-R1-style reasoning RL on Megatron-Core")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("info", help="versions, device and optional backends")
-    forward = commands.add_parser("forward", help="build a preset model and run one forward/backward pass")
-    forward.add_argument("--preset", default="tiny-moe", help="model preset (default: tiny-moe)")
-    forward.add_argument("--batch", type=int, default=4)
-    forward.add_argument("--seq-len", type=int, default=32)
-    forward.add_argument("--seed", type=int, default=0)
-    export = commands.add_parser("export", help="write a training checkpoint's model as an HF directory",
-                                 description="Under torchrun, every rank runs this command (with --tp/--pp/--ep for "
-                                             "models too big for one process).")
-    export.add_argument("--ckpt", required=True,
-                        help="a run directory, a checkpoint root (its latest checkpoint) or one checkpoint directory")
-    export.add_argument("--out", required=True, help="HF directory to write (replaced atomically)")
-    export.add_argument("--tokenizer", default=None,
-                        help="directory whose tokenizer files to copy (default: the run's, as the checkpoint records)")
-    for size in ("tp", "pp", "ep"):
-        export.add_argument(f"--{size}", type=int, default=1, help=f"{size.upper()} size to load the model at")
-    export.add_argument("--etp", type=int, default=None, help="expert-TP size (default: --tp)")
-    train = commands.add_parser("train", help="train a model (GRPO, R1-Zero style)")
-    algorithms = train.add_subparsers(dest="algorithm", metavar="ALGORITHM", required=True)
-    grpo = algorithms.add_parser("grpo", help="GRPO: rollout -> rule rewards -> group advantages -> clipped updates",
-                                 description="With no arguments: the built-in tiny CPU demo (r1_megatron/grpo/"
-                                             "recipes/tiny_demo.yaml). Under torchrun, every rank runs this command.")
-    grpo.add_argument("--config", default=None, help="YAML recipe (default: the built-in tiny demo)")
-    grpo.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
-    grpo.add_argument("--print-config", action="store_true",
-                      help="print the fully resolved config (every key, defaults included) as YAML and exit")
-    grpo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. steps=50 algorithm.kl_coef=0.01")
-    plot = commands.add_parser("plot", help="write PNG charts of a run's metrics (reward, accuracy, length, KL)")
-    plot.add_argument("run_dir")
-    return parser
+@dataclasses.dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
 
 
-def _train(args) -> int:
-    from r1_megatron.grpo.main import run_grpo
+# ---- info, forward, plot, export --------------------------------------------------------------------------
 
-    return run_grpo(args.config, args.resume, args.overrides, print_config=args.print_config)
+
+def _info_args(parser) -> None:
+    pass
+
+
+def _info(args) -> int:
+    from r1_megatron.info import main as run
+
+    return run(args)
+
+
+def _forward_args(parser) -> None:
+    parser.add_argument("--preset", default="tiny-moe", help="model preset (default: tiny-moe)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _forward(args) -> int:
+    from r1_megatron.forward_check import main as run
+
+    return run(args)
+
+
+def _plot_args(parser) -> None:
+    parser.add_argument("run_dir")
 
 
 def _plot(args) -> int:
@@ -54,6 +57,17 @@ def _plot(args) -> int:
     for path in plot_run(args.run_dir):
         print(path)
     return 0
+
+
+def _export_args(parser) -> None:
+    parser.add_argument("--ckpt", required=True,
+                        help="a run directory, a checkpoint root (its latest checkpoint) or one checkpoint directory")
+    parser.add_argument("--out", required=True, help="HF directory to write (replaced atomically)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="directory whose tokenizer files to copy (default: the run's, as the checkpoint records)")
+    for size in ("tp", "pp", "ep"):
+        parser.add_argument(f"--{size}", type=int, default=1, help=f"{size.upper()} size to load the model at")
+    parser.add_argument("--etp", type=int, default=None, help="expert-TP size (default: --tp)")
 
 
 def _export(args) -> int:
@@ -71,20 +85,81 @@ def _export(args) -> int:
     return 0
 
 
-def _info(args) -> int:
-    from r1_megatron.info import main as run
-
-    return run(args)
+# ---- train ALGORITHM ---------------------------------------------------------------------------------------
 
 
-def _forward(args) -> int:
-    from r1_megatron.forward_check import main as run
+def _grpo():
+    from r1_megatron.grpo.config import GRPORunConfig
+    from r1_megatron.grpo.trainer import GRPOTrainer
 
-    return run(args)
+    return GRPOTrainer, GRPORunConfig
 
 
-# every subcommand of build_parser, by name: an unknown name is a KeyError here, never another command
-COMMANDS = {"info": _info, "forward": _forward, "export": _export, "train": _train, "plot": _plot}
+def _sft():
+    from r1_megatron.sft.config import SFTRunConfig
+    from r1_megatron.sft.trainer import SFTTrainer
+
+    return SFTTrainer, SFTRunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    help: str
+    description: str
+    load: Callable[[], tuple[type, type]]  # (trainer class, config class), imported only for the one that runs
+
+
+# `r1-megatron train NAME`
+TRAINERS = {
+    "grpo": Algorithm("GRPO: rollout -> rule rewards -> group advantages -> clipped updates",
+                      "With no arguments: the built-in tiny CPU demo (r1_megatron/grpo/recipes/tiny_demo.yaml).",
+                      _grpo),
+    "sft": Algorithm("supervised fine-tuning: cold start, rejection-sampled data, distillation into students",
+                     "With no arguments: the built-in tiny CPU SFT run (r1_megatron/sft/recipes/tiny_sft.yaml).",
+                     _sft),
+}
+
+
+def _train_args(parser) -> None:
+    algorithms = parser.add_subparsers(dest="algorithm", metavar="ALGORITHM", required=True)
+    for name, algorithm in TRAINERS.items():
+        sub = algorithms.add_parser(name, help=algorithm.help,
+                                    description=algorithm.description + " Under torchrun, every rank runs this "
+                                                                        "command.")
+        sub.add_argument("--config", default=None, help="YAML recipe (default: the built-in one)")
+        sub.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+        sub.add_argument("--print-config", action="store_true",
+                         help="print the fully resolved config (every key, defaults included) as YAML and exit")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. steps=50 optimizer.lr=1e-5")
+
+
+def _train(args) -> int:
+    from r1_megatron.training import run
+
+    trainer, config = TRAINERS[args.algorithm].load()
+    return run.run_command(trainer, config, args.config, args.resume, args.overrides,
+                           print_config=args.print_config)
+
+
+# every subcommand, by name: an unknown name is refused by argparse, never run as another command
+COMMANDS = {
+    "info": Command("versions, device and optional backends", _info_args, _info),
+    "forward": Command("build a preset model and run one forward/backward pass", _forward_args, _forward),
+    "export": Command("write a training checkpoint's model as an HF directory", _export_args, _export,
+                      "Under torchrun, every rank runs this command (with --tp/--pp/--ep for models too big for "
+                      "one process)."),
+    "train": Command("train a model (grpo: R1-Zero-style RL; sft: supervised fine-tuning)", _train_args, _train),
+    "plot": Command("write PNG charts of a run's metrics", _plot_args, _plot),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1-megatron", description="DeepSeek-R1-style reasoning training on "
+                                                                     "Megatron-Core")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.add_arguments(commands.add_parser(name, help=command.help, description=command.description))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except (ValueError, FileNotFoundError, FileExistsError, RewardFailure) as exc:
         print(f"r1-megatron {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -35,12 +35,14 @@ class ConfigError(ValueError):
 
 
 def load_run_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (), cls: type | None = None):
-    """Read the YAML recipe at `path` (None: the built-in tiny demo), apply dotted `key=value` overrides (values
-    parsed as YAML: numbers, true/false, null, [lists], {maps}) and build `cls` (default GRPORunConfig)."""
+    """Read the YAML recipe at `path` (None: the command's built-in recipe, `cls.DEFAULT_RECIPE`), apply dotted
+    `key=value` overrides (values parsed as YAML: numbers, true/false, null, [lists], {maps}) and build the config
+    dataclass `cls` (default GRPORunConfig)."""
     if cls is None:
         from r1_megatron.grpo.config import GRPORunConfig as cls
-    name = "tiny_demo.yaml" if path is None else os.fspath(path)
-    data, sources = _read_recipe(DEFAULT_RECIPE if path is None else Path(path), name)
+    recipe = Path(getattr(cls, "DEFAULT_RECIPE", DEFAULT_RECIPE)) if path is None else Path(path)
+    name = recipe.name if path is None else os.fspath(path)
+    data, sources = _read_recipe(recipe, name)
     for item in overrides:
         _apply_override(data, sources, item)
     return _Builder(cls, sources, name).build(cls, data, ())

@@ -1,23 +1,24 @@
 """The GRPO run's configuration: one typed dataclass per component, composed into `GRPORunConfig`.
 
 A run is one YAML recipe (examples/*.yaml; the built-in default is r1_megatron/grpo/recipes/tiny_demo.yaml) plus
-`key=value` overrides, loaded by r1_megatron/run_config.py. Components validate their own fields with ValueErrors
+`key=value` overrides, loaded by r1_megatron/run_config.py; the sections every command shares are in
+training/run_sections.py. Components validate their own fields with ValueErrors
 naming the field; the cross-component checks are in GRPORunConfig.__post_init__.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from r1_megatron.data.answer_format import AnswerFormat
 from r1_megatron.data.prompt_dataset import OnError
 from r1_megatron.data.synthetic import ArithmeticConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
-from r1_megatron.models.source import ModelSourceConfig
+from r1_megatron.models.source import ModelSourceConfig  # noqa: F401  (re-exported: the model section's type)
 from r1_megatron.rollout.sampling_params import SamplingParams
-from r1_megatron.runtime import ParallelConfig
-from r1_megatron.training.optimizer import OptimizerSettings
+from r1_megatron.training.run_sections import CheckpointConfig, LoggingConfig, RunConfig  # noqa: F401
 
 
 def _positive(owner: str, **values) -> None:
@@ -185,9 +186,10 @@ class RewardsConfig:
 
 @dataclasses.dataclass
 class WarmStartConfig:
-    """A supervised pass on the task's answers before RL (for the synthetic demo: RL needs some reward > 0 to
-    learn from). Stops once greedy accuracy on `eval_prompts` held-out prompts reaches `target_accuracy`, checked
-    every `eval_every` steps, or after `max_steps`. max_steps 0 = no warm start."""
+    """An SFT stage on the task's (prompt, reference answer) pairs before RL (for the synthetic demo: RL needs some
+    reward > 0 to learn from). Stops once greedy accuracy on `eval_prompts` held-out prompts reaches
+    `target_accuracy`, checked every `eval_every` steps, or after `max_steps`; a prompt-file task has no held-out
+    prompts and trains `max_steps` steps on its records. max_steps 0 = no warm start."""
 
     max_steps: int = 0
     target_accuracy: float = 0.2
@@ -205,57 +207,25 @@ class WarmStartConfig:
 
 
 @dataclasses.dataclass
-class CheckpointConfig:
-    """Distributed checkpoints every `every_steps` steps and at the end (0 = only at the end); SIGTERM also
-    checkpoints. export_hf: write the final policy as an HF directory under the run directory."""
+class GRPORunConfig(RunConfig):
+    """A whole GRPO run: the sections every run has (training/run_sections.py: run_dir, seed, model, parallel,
+    optimizer, checkpoint, logging) and GRPO's own."""
 
-    every_steps: int = 50
-    export_hf: bool = True
-
-    def __post_init__(self):
-        if self.every_steps < 0:
-            raise ValueError(f"checkpoint.every_steps must be >= 0, got {self.every_steps!r}")
-
-
-@dataclasses.dataclass
-class LoggingConfig:
-    """tensorboard: mirror metrics (and sampled completions, as text) to RUN_DIR/tensorboard; progress: the
-    progress bar/lines; samples_per_step: completions written to RUN_DIR/samples.jsonl each step with their prompt
-    and rewards (one of each of the first prompts of data-parallel rank 0; 0 = none)."""
-
-    tensorboard: bool = True
-    progress: bool = True
-    samples_per_step: int = 4
-
-    def __post_init__(self):
-        if not isinstance(self.samples_per_step, int) or self.samples_per_step < 0:
-            raise ValueError(f"logging.samples_per_step must be an integer >= 0, got {self.samples_per_step!r}")
-
-
-@dataclasses.dataclass
-class GRPORunConfig:
-    """A whole GRPO run. run_dir: where checkpoints, metrics, plots and the exported model go."""
+    DEFAULT_RECIPE: ClassVar[Path] = Path(__file__).resolve().parent / "recipes" / "tiny_demo.yaml"
 
     run_dir: str = "runs/grpo"
     steps: int = 100
-    seed: int = 0
-    model: ModelSourceConfig = dataclasses.field(default_factory=lambda: ModelSourceConfig(preset="tiny-moe"))
-    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)  # see README, "Choosing a layout"
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic="arithmetic"))
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
-    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def __post_init__(self):
         _positive("run", steps=self.steps)
-        if self.warm_start.max_steps and self.data.synthetic is None:
-            raise ValueError(f"warm_start.max_steps={self.warm_start.max_steps}: the warm start trains on the built-in "
-                             "synthetic task's answers (data.synthetic); with prompt files (data.paths) set "
-                             "warm_start.max_steps=0 and start from a fine-tuned model.path")
+        if self.warm_start.max_steps and self.data.synthetic is None and self.data.answer_field is None:
+            raise ValueError(f"warm_start.max_steps={self.warm_start.max_steps}: the warm start trains on each "
+                             "record's reference answer, and data.answer_field is null")
         total = self.rollout.prompts_per_step * self.rollout.group_size
         if total % self.algorithm.mini_batches:
             raise ValueError(f"algorithm.mini_batches={self.algorithm.mini_batches} must divide the rollout's "

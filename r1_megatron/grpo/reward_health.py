@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Mapping
 if TYPE_CHECKING:
     from r1_megatron.rewards.runner import RewardBatch
 
-    from .step_stats import StepStats
+    from r1_megatron.training.step_stats import StepStats
 
 # the per-step failure counts RewardBatch.metrics() gives (totals over the step's samples and DP ranks)
 FAILURE_METRICS = ("reward/errors", "reward/timeouts", "reward/crashes")

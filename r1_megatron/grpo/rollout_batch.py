@@ -11,6 +11,8 @@ import dataclasses
 
 import torch
 
+from r1_megatron.training.micro_batch import MicroBatch
+
 
 @dataclasses.dataclass
 class RolloutSample:
@@ -37,10 +39,10 @@ def split_parts(samples: list, parts: int) -> list[list]:
 
 
 def micro_batches(samples: list[RolloutSample], micro_batch_size: int, seq_len: int, *, pad_id: int,
-                  mask_truncated: bool) -> list[dict]:
-    """[B, T = seq_len] tensors per micro-batch: input_ids, labels, loss_mask, old_logprobs (the rollout's, at the
-    label positions); [B]: advantages, valid (1 for a real row). A short last micro-batch is padded with empty rows
-    (mask 0, valid 0)."""
+                  mask_truncated: bool) -> list[MicroBatch]:
+    """[B, T = seq_len] micro-batches: input_ids, labels, loss_mask, and extras old_logprobs [B, T] (the rollout's,
+    at the label positions), advantages [B] and valid [B] (1 for a real row). A short last micro-batch is padded
+    with empty rows (mask 0, valid 0)."""
     out = []
     for start in range(0, len(samples), micro_batch_size):
         chunk = samples[start:start + micro_batch_size]
@@ -49,7 +51,7 @@ def micro_batches(samples: list[RolloutSample], micro_batch_size: int, seq_len: 
     return out
 
 
-def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, mask_truncated: bool) -> dict:
+def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, mask_truncated: bool) -> MicroBatch:
     B = len(rows)
     ids_BT = torch.full((B, seq_len + 1), pad_id, dtype=torch.int64)
     mask_BT = torch.zeros(B, seq_len)
@@ -65,10 +67,10 @@ def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, ma
         old_BT[b, first:first + n] = torch.tensor(s.rollout_logprobs)
         mask_BT[b, first:first + n] = 0.0 if (mask_truncated and s.truncated) else 1.0
         adv_B[b] = s.advantage
-    return {"input_ids": ids_BT[:, :-1], "labels": ids_BT[:, 1:], "loss_mask": mask_BT, "old_logprobs": old_BT,
-            "advantages": adv_B, "valid": valid_B}
+    return MicroBatch(ids_BT[:, :-1], ids_BT[:, 1:], mask_BT,
+                      extras={"old_logprobs": old_BT, "advantages": adv_B, "valid": valid_B})
 
 
-def empty_micro_batch(batch: int, seq_len: int) -> dict:
+def empty_micro_batch(batch: int, seq_len: int) -> MicroBatch:
     """A micro-batch with no loss tokens (zero gradient): keeps ranks' forward counts equal (MoE all-to-all)."""
     return _micro_batch([None] * batch, seq_len, pad_id=0, mask_truncated=False)

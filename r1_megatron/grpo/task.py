@@ -1,7 +1,9 @@
-"""The run's task: tokenizer, prompt dataset and (for the synthetic demo) held-out problems."""
+"""The GRPO run's Task (r1_megatron/task.py) from its data config: tokenizer, prompt dataset, scorer and (for the
+synthetic demo) held-out problems and a generator of fresh ones; plus the start-up checks of the data against the
+run's rewards."""
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 from typing import Callable
@@ -9,19 +11,13 @@ from typing import Callable
 from r1_megatron.data.prompt_dataset import PromptDataConfig, PromptDataset
 from r1_megatron.data.synthetic import arithmetic_problems, build_arithmetic_tokenizer
 from r1_megatron.rewards.reference_check import ReferenceCheck, check_references
-from r1_megatron.tokenizer import Tokenizer, load_tokenizer
+from r1_megatron.task import Task
+from r1_megatron.tokenizer import load_tokenizer
 
 from .config import DataConfig, GRPORunConfig
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out problems come from a different stream than training prompts
-
-
-@dataclasses.dataclass
-class Task:
-    tokenizer: Tokenizer
-    tokenizer_dir: str
-    dataset: PromptDataset
-    held_out: list[dict]  # {"question", "answer"} records for warm-start evaluation (synthetic task only)
+SYNTHETIC_SCORER = {"arithmetic": "arithmetic_exact"}
 
 
 # a reward that cannot read this share of the checked references gets a start-up warning
@@ -36,13 +32,16 @@ def build_task(cfg: GRPORunConfig, say: Callable[[str], None] = print) -> Task:
     tokenizer = load_tokenizer(tokenizer_dir)
     prompt_cfg = prompt_data_config(data)
     if data.synthetic is None:
-        task = Task(tokenizer, tokenizer_dir, PromptDataset(prompt_cfg, tokenizer), [])
+        task = Task(name=",".join(data.paths), tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                    dataset=PromptDataset(prompt_cfg, tokenizer), scorer=cfg.rewards.accuracy or "math_accuracy")
     else:
         records = arithmetic_problems(data.num_synthetic, data.seed, data.arithmetic)
-        held_out = arithmetic_problems(cfg.warm_start.eval_prompts, data.seed + HELD_OUT_SEED_OFFSET,
-                                       data.arithmetic)
         dataset = PromptDataset.from_records(records, prompt_cfg, tokenizer, source=prompt_cfg.paths[0])
-        task = Task(tokenizer, tokenizer_dir, dataset, held_out)
+        generator = functools.partial(arithmetic_problems, config=data.arithmetic)
+        task = Task(name=data.synthetic, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset=dataset,
+                    scorer=SYNTHETIC_SCORER[data.synthetic], generator=generator)
+        held_out = arithmetic_problems(cfg.warm_start.eval_prompts, data.seed + HELD_OUT_SEED_OFFSET, data.arithmetic)
+        task.held_out = task.samples(held_out, source="held-out")
     for line in task.dataset.notes() + reference_warnings(cfg, task.dataset):
         say(line)
     return task

@@ -10,35 +10,40 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state
 
-from r1_megatron.atomic_file import write_text_atomically
 from r1_megatron.kernels import group_advantages, grpo_loss
 from r1_megatron.kernels.options import LossAgg
-from r1_megatron.models import save_hf
 from r1_megatron.rewards.runner import RewardConfig, RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
-from r1_megatron.runtime import initialize_parallel, seed_everything, world_max
-from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1_megatron.training.metrics_log import MetricsLogger, read_metrics
+from r1_megatron.runtime import world_max
+from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.offload import HostOffload
-from r1_megatron.training.optimizer import build_optimizer, build_scheduler
-from r1_megatron.training.progress import Progress
-from r1_megatron.training.step import build_ddp, train_step, unwrap
+from r1_megatron.training.run import Run
+from r1_megatron.training.step import train_step
+from r1_megatron.training.step_stats import StepStats
 
 from .config import GRPORunConfig
 from .logprob_pass import forward_logprobs, tensor_parallel_group
-from .preemption import stop_on_sigterm
 from .reference import ReferenceModel
 from .reward_health import RewardHealth
 from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, split_parts
-from .step_stats import StepStats
 from .task import build_task, sample_seed
 from .warm_start import warm_start
+
+
+class WarmStartSummary:
+    """What the warm start reported (step 1's metrics show it, resumed or not); checkpointed with the run."""
+
+    def __init__(self):
+        self.metrics: dict = {}
+
+    def state_dict(self) -> dict:
+        return self.metrics
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics = dict(state)
 
 
 class GRPOTrainer:
@@ -47,73 +52,55 @@ class GRPOTrainer:
         if cfg.parallel.pp > 1:
             raise ValueError("parallel.pp > 1: the generation engine does not support pipeline parallelism yet; "
                              "use tp/ep (and data parallelism) for GRPO")
-        initialize_parallel(cfg.parallel)
-        seed_everything(cfg.seed)
-        self.rank = dist.get_rank()
-        self.dp_rank = parallel_state.get_data_parallel_rank()
-        self.dp_size = parallel_state.get_data_parallel_world_size()
-        self.dp_group = parallel_state.get_data_parallel_group_gloo()
+        self.total_steps = cfg.steps
+        self.run = run = Run(cfg, resume=resume, command="train grpo")
+        self.dp_rank, self.dp_size, self.dp_group = run.dp_rank, run.dp_size, run.dp_group
         if cfg.rollout.prompts_per_step % self.dp_size:
             raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
                              f"data-parallel size {self.dp_size}")
-        self.run_dir = Path(cfg.run_dir)
-        self.checkpoints = self.run_dir / "checkpoints"
-        cfg.model.check_path()
-        latest = self._prepare_run_dir(resume)
-        self.resumed = latest is not None
-        self.task = build_task(cfg, say=self.say)
+        self.task = build_task(cfg, say=run.say)
+        run.tokenizer_dir = self.task.tokenizer_dir
         self.reward_health = RewardHealth(cfg.rewards.max_failed_steps)
-        self.ddp = build_ddp(cfg.model.build(), distributed_optimizer=cfg.optimizer.distributed_optimizer)
+        self.ddp = run.build_policy()
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
                              eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed)
-        self.step = 0
         self.step_samples: list[dict] = []  # the completions samples.jsonl shows of the current step
-        self.warm_start_summary: dict = {}
-        if latest is None and cfg.warm_start.max_steps:
-            self.warm_start_summary = warm_start(cfg, self.ddp, self.engine, self.task, self.dp_rank, self.dp_size,
-                                                 say=self.say)
-        self.optimizer = build_optimizer(self.ddp, cfg.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer)
+        self.warm_start = WarmStartSummary()
+        if not run.resumed and cfg.warm_start.max_steps:
+            self.warm_start.metrics = warm_start(cfg, run, self.engine, self.task)
+        self.optimizer, self.scheduler = run.build_optimizer()
         self.reference = ReferenceModel(self.ddp, on_host=cfg.algorithm.ref_on_host) \
             if cfg.algorithm.uses_reference else None
-        if latest is not None:
-            self._resume_from(latest)
-        elif self.warm_start_summary:
-            self.save()  # step 0: a run killed later resumes after its warm start instead of redoing it
+        run.track("data", self.task.dataset)
+        run.track("warm_start", self.warm_start)
+        if self.reference is not None:
+            run.track_model("reference", self.reference.model)
+        if not run.restore() and self.warm_start.metrics:
+            run.save()  # step 0: a run killed later resumes after its warm start instead of redoing it
+
+    @property
+    def step(self) -> int:
+        return self.run.step
 
     # ------------------------------------------------------------------------------------------- the loop
 
-    def train(self) -> Path:
-        cfg = self.cfg
+    def train(self):
+        cfg, run = self.cfg, self.run
         rewards = RewardRunner(RewardConfig(weights=cfg.rewards.weights, reward_kwargs=cfg.rewards.reward_kwargs,
                                             num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s,
                                             plugin_modules=tuple(cfg.rewards.plugin_modules)))
-        metrics = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
-                                resume_step=self.step if self.resumed else None, enabled=self.rank == 0)
-        progress = Progress(cfg.steps, initial_step=self.step, enabled=cfg.logging.progress and self.rank == 0)
-        with rewards, metrics, progress, stop_on_sigterm() as stop:  # progress: closed before an error prints
-            while self.step < cfg.steps:
+        with rewards, run.loop(cfg.steps, checks=(self.reward_health.end_step,)) as loop:
+            while loop.running():
                 t_step = time.perf_counter()
                 stats = StepStats()
                 samples = self.rollout(rewards, stats)
                 batches = self.training_batches(samples, stats)
                 self.update(batches, stats)
-                self.step += 1
+                run.step += 1
                 self.maybe_refresh_reference()
                 stats.add("time/step", time.perf_counter() - t_step)
-                record = self.step_metrics(stats)
-                metrics.log(self.step, record)
-                metrics.log_samples(self.step, self.step_samples)
-                progress.update(self.step, record)
-                self.reward_health.end_step(self.step, record)  # RewardFailure: all ranks, on the same step
-                stopping = stop.agreed()
-                if stopping or self.step == cfg.steps or self._checkpoint_due():
-                    self.save()
-                if stopping:
-                    self.say(f"SIGTERM: checkpointed step {self.step} in {self.checkpoints}; resume with "
-                             f"`r1-megatron train grpo --resume {self.run_dir}`")
-                    break
-        return self.finish()
+                loop.end_step(self.step_metrics(stats), samples=self.step_samples)
+        return run.finish(cfg.steps)
 
     def rollout(self, rewards: RewardRunner, stats: StepStats) -> list[RolloutSample]:
         """Generate and score this rank's share of the step's prompts; with dynamic sampling keep only groups
@@ -164,7 +151,7 @@ class GRPOTrainer:
                    for c, rw, a in zip(completions, rewards_B.tolist(), adv_B.tolist())]
         return [samples[i:i + G] for i in range(0, len(samples), G)]
 
-    def training_batches(self, samples: list[RolloutSample], stats: StepStats) -> list[list[dict]]:
+    def training_batches(self, samples: list[RolloutSample], stats: StepStats) -> list[list[MicroBatch]]:
         """Mini-batches of micro-batches, the same count and [B, T] shape on every rank; old-policy and reference
         log-probabilities filled in."""
         cfg = self.cfg
@@ -176,20 +163,20 @@ class GRPOTrainer:
         for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
             m.extend(empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len) for _ in range(count - len(m)))
         device = self.engine.device
-        minis = [[{k: v.to(device) for k, v in mb.items()} for mb in m] for m in minis]
+        minis = [[mb.to(device) for mb in m] for m in minis]
         flat = [mb for m in minis for mb in m]
         t0 = time.perf_counter()
         if cfg.algorithm.recompute_old_logprobs:
             for mb, logp_BT in zip(flat, forward_logprobs(self.ddp, flat, cfg.rollout.temperature)):
                 self._mismatch(stats, logp_BT, mb)
-                mb["old_logprobs"] = logp_BT
+                mb.extras["old_logprobs"] = logp_BT
         if self.reference is not None:
             for mb, ref_BT in zip(flat, self.reference.logprobs(flat, cfg.rollout.temperature)):
-                mb["ref_logprobs"] = ref_BT
+                mb.extras["ref_logprobs"] = ref_BT
         stats.add("time/logprobs", time.perf_counter() - t0)
         return minis
 
-    def update(self, minis: list[list[dict]], stats: StepStats) -> None:
+    def update(self, minis: list[list[MicroBatch]], stats: StepStats) -> None:
         """μ epochs over the mini-batches, one optimizer step each, through Megatron's schedule."""
         t0 = time.perf_counter()
         for epoch in range(self.cfg.algorithm.epochs):
@@ -210,11 +197,12 @@ class GRPOTrainer:
         kwargs = {f.name: getattr(loss_cfg, f.name) for f in dataclasses.fields(loss_cfg)}
         kwargs["temperature"] = self.cfg.rollout.temperature
 
-        def loss_fn(logits_BTV, batch):
-            loss, out = grpo_loss(logits_BTV, batch["labels"], batch["old_logprobs"], batch.get("ref_logprobs"),
-                                  batch["advantages"], batch["loss_mask"], tp_group=tensor_parallel_group(),
+        def loss_fn(logits_BTV, batch: MicroBatch):
+            extras = batch.extras
+            loss, out = grpo_loss(logits_BTV, batch.labels, extras["old_logprobs"], extras.get("ref_logprobs"),
+                                  extras["advantages"], batch.loss_mask, tp_group=tensor_parallel_group(),
                                   **kwargs)
-            tokens = float(batch["loss_mask"].sum())
+            tokens = float(batch.loss_mask.sum())
             for name in ("kl", "clip_frac", "entropy"):
                 stats.add(f"loss/{name}", float(out[name]), tokens)
             if on_policy:
@@ -225,8 +213,8 @@ class GRPOTrainer:
 
     def _mismatch(self, stats: StepStats, train_logp_BT, batch) -> None:
         """|train-forward logprob − rollout logprob| over loss tokens (on-policy, same weights: ~1e-6 in fp32)."""
-        mask_BT = batch["loss_mask"].bool().cpu()
-        old_BT = batch["old_logprobs"].cpu()
+        mask_BT = batch.loss_mask.bool().cpu()
+        old_BT = batch.extras["old_logprobs"].cpu()
         diff = (train_logp_BT.detach().float().cpu()[:, :mask_BT.shape[1]] - old_BT)[mask_BT].abs()
         stats.add("mismatch/mean", float(diff.sum()) / max(diff.numel(), 1), diff.numel())
         stats.max("mismatch/max", float(diff.max()) if diff.numel() else 0.0)
@@ -272,7 +260,7 @@ class GRPOTrainer:
         out = stats.reduce(self.dp_group)
         out["throughput/tokens_per_s"] = out.pop("rollout/tokens") / max(out["time/step"], 1e-9)  # generated
         out["advantage/std"] = max(out.pop("advantage/square_mean") - out["advantage/mean"] ** 2, 0.0) ** 0.5
-        out.update(self.warm_start_summary if self.step == 1 else {})
+        out.update(self.warm_start.metrics if self.step == 1 else {})
         return out
 
     def maybe_refresh_reference(self) -> None:
@@ -280,70 +268,11 @@ class GRPOTrainer:
         if self.reference is not None and k and self.step % k == 0:
             self.reference.refresh_from(self.ddp)
 
-    def _checkpoint_due(self) -> bool:
-        every = self.cfg.checkpoint.every_steps
-        return bool(every) and self.step % every == 0
-
-    def save(self) -> Path:
-        user_state = {"data": self.task.dataset.state_dict(), "warm_start": self.warm_start_summary}
-        return save_checkpoint(self.checkpoints, self.step, self.ddp, self.optimizer, self.scheduler,
-                               user_state=user_state, extra_models=self._extra_models(),
-                               tokenizer_dir=self.task.tokenizer_dir)
-
-    def _resume_from(self, checkpoint: Path) -> None:
-        info = load_checkpoint(checkpoint, self.ddp, self.optimizer, self.scheduler, extra_models=self._extra_models())
-        self.task.dataset.load_state_dict(info.user_state["data"])
-        self.warm_start_summary = info.user_state.get("warm_start", {})  # step 1 reports it, resumed or not
-        self.step = info.step
-        self.say(f"resumed from {checkpoint} at step {self.step}")
-
-    def _extra_models(self) -> dict | None:
-        """The models a checkpoint holds besides the policy: the frozen reference, when the KL term uses one."""
-        return {"reference": self.reference.model} if self.reference is not None else None
-
-    def finish(self) -> Path:
-        """Export the final policy (every rank takes part) and plot the metrics (rank 0); returns the run directory."""
-        if self.step < self.cfg.steps:
-            return self.run_dir
-        if self.cfg.checkpoint.export_hf:  # collective: every rank sends its part of the model to rank 0
-            save_hf(unwrap(self.ddp), self.run_dir / "hf", tokenizer_dir=self.task.tokenizer_dir)
-        if self.rank == 0:
-            from r1_megatron.plotting import plot_run
-
-            plot_run(self.run_dir)
-        return self.run_dir
-
     # ------------------------------------------------------------------------------------------- set-up
 
     def _max_seq_len(self) -> int:
         longest = max(len(s.prompt_ids) for s in self.task.dataset.samples)
         return longest + self.cfg.rollout.max_new_tokens + 1
-
-    def _prepare_run_dir(self, resume: bool) -> Path | None:
-        """The checkpoint to resume from (None: start from the beginning), after refusing what would lose work;
-        then the run directory holds config.yaml before any long work starts (a run killed in its set-up or warm
-        start can be resumed). A new run never reuses a directory with checkpoints or logged steps; --resume of a
-        run with no checkpoint starts it over only when it had logged no step (nothing is lost)."""
-        latest = latest_checkpoint(self.checkpoints)
-        logged = _logged_steps(self.run_dir)
-        if not resume and (latest is not None or logged):
-            raise ValueError(f"run_dir {self.run_dir} already holds a run ({'checkpoints' if latest else 'metrics'})"
-                             f": resume it with `--resume {self.run_dir}`, or set run_dir=... to start a new run")
-        if resume and latest is None:
-            if logged:
-                raise ValueError(f"--resume {self.run_dir}: no checkpoint to resume from, and {logged} logged step(s) "
-                                 "would be redone; start a new run (run_dir=...) or delete the directory")
-            self.say(f"--resume {self.run_dir}: no checkpoint yet (stopped before its first step); starting over")
-        if self.rank == 0:
-            from r1_megatron.run_config import dump_run_config
-
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(self.run_dir / "config.yaml", dump_run_config(self.cfg))
-        return latest
-
-    def say(self, message: str) -> None:
-        if self.rank == 0:
-            print(message, flush=True)
 
 
 def reward_inputs(tokenizer, prompts, completions) -> tuple[list[str], list[dict]]:
@@ -356,19 +285,12 @@ def reward_inputs(tokenizer, prompts, completions) -> tuple[list[str], list[dict
     return texts, samples
 
 
-def _logged_steps(run_dir: Path) -> int:
-    try:
-        return len(read_metrics(run_dir))
-    except FileNotFoundError:
-        return 0
-
-
-def _units(agg: LossAgg, batch: dict, norm_length: int) -> torch.Tensor:
+def _units(agg: LossAgg, batch: MicroBatch, norm_length: int) -> torch.Tensor:
     """The count that the summed loss of a micro-batch is divided by, globally (see AlgorithmConfig.loss_agg)."""
-    mask_BT = batch["loss_mask"]
+    mask_BT = batch.loss_mask
     if agg is LossAgg.TOKEN_MEAN:
         return mask_BT.sum()
     if agg is LossAgg.SEQ_MEAN_TOKEN_MEAN:
         return (mask_BT.sum(dim=1) > 0).sum()
-    rows = batch["valid"].sum()
+    rows = batch.extras["valid"].sum()
     return rows * norm_length if agg is LossAgg.SEQ_MEAN_TOKEN_SUM_NORM else rows

@@ -1,69 +1,77 @@
-"""Supervised warm start on the task's answers, stopped adaptively on held-out greedy accuracy.
+"""Supervised warm start before RL: an SFT stage on the task's (prompt, reference answer) pairs, stopped
+adaptively on held-out greedy accuracy.
 
 RL learns only from groups whose rewards differ: a random model never solves a problem, so every advantage is 0
 and nothing moves (docs/tiny_demo.md). A short SFT pass that stops once greedy accuracy reaches ~0.2
 leaves most groups of G samples with both right and wrong answers, the regime where GRPO learns fastest; a fixed
-step count either undershoots or makes RL a mere sharpening of an already solved task.
+step count either undershoots or makes RL a mere sharpening of an already solved task. A task without held-out
+examples (a prompt file) trains for max_steps steps.
 """
 from __future__ import annotations
 
-import logging
 import random
 
-import torch
-
-from r1_megatron.data.synthetic import arithmetic_problems, arithmetic_reward
+from r1_megatron.data.prompt_dataset import PromptDataset, PromptSample
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
-from r1_megatron.training.losses import next_token_cross_entropy
-from r1_megatron.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
-from r1_megatron.training.step import train_step
+from r1_megatron.sft.step import Batching, sft_step
+from r1_megatron.task import Task
+from r1_megatron.training.optimizer import OptimizerSettings
+from r1_megatron.training.run import Run
 
 from .config import GRPORunConfig
-from .task import Task
 
-log = logging.getLogger(__name__)
-
-
-def greedy_accuracy(engine: Engine, task: Task, problems: list[dict]) -> float:
-    """Exact-match accuracy of greedy answers (each must end with its EOS)."""
-    prompts = [task.tokenizer.encode(p["question"]) for p in problems]
-    out = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8))
-    return sum(arithmetic_reward(task.tokenizer.decode(c.content_ids), p["answer"],
-                                 stopped=c.finish_reason is FinishReason.STOP)
-               for c, p in zip(out, problems)) / len(problems)
+GREEDY_MAX_NEW_TOKENS = 8
 
 
-def sft_batch(task: Task, problems: list[dict]) -> dict:
-    """question + answer + EOS rows, loss on the answer and EOS only: [B, T] tensors."""
-    tok = task.tokenizer
-    rows = [(tok.encode(p["question"]), tok.encode(p["answer"]) + [tok.eos_token_id]) for p in problems]
-    T = max(len(q) + len(a) for q, a in rows)
-    ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.int64)
-    mask = torch.zeros(len(rows), T - 1)
-    for b, (q, a) in enumerate(rows):
-        ids[b, :len(q) + len(a)] = torch.tensor(q + a)
-        mask[b, len(q) - 1:len(q) + len(a) - 1] = 1.0
-    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": mask}
+def greedy_accuracy(engine: Engine, task: Task, samples: list[PromptSample]) -> float:
+    """Mean task score of greedy completions (a completion cut at the length limit did not stop by itself)."""
+    out = engine.generate([list(s.prompt_ids) for s in samples],
+                          SamplingParams(temperature=0, max_new_tokens=GREEDY_MAX_NEW_TOKENS))
+    return sum(task.score(task.tokenizer.decode(c.content_ids), samples[c.prompt_index],
+                          stopped=c.finish_reason is FinishReason.STOP) for c in out) / len(samples)
 
 
-def warm_start(cfg: GRPORunConfig, ddp_model, engine: Engine, task: Task, dp_rank: int, dp_size: int,
-               say=print) -> dict:
-    """Train on fresh problems until greedy accuracy >= target or max_steps; returns a summary dict."""
+class WarmStartExamples:
+    """The warm start's training examples: fresh problems from a synthetic task's generator, else the task's
+    prompts in their own seeded order (independent of the RL prompt order)."""
+
+    def __init__(self, task: Task, seed: int):
+        self.task = task
+        self.rng = random.Random(f"warm-start:{seed}")
+        self.dataset = None if task.generator else PromptDataset(task.dataset.config, task.tokenizer,
+                                                                 records=_records(task.dataset))
+
+    def next_batch(self, n: int) -> list[PromptSample]:
+        if self.dataset is not None:
+            return self.dataset.next_batch(n)
+        return self.task.samples(self.task.generator(n, self.rng.getrandbits(63)), source="warm start")
+
+
+def _records(dataset: PromptDataset):
+    # the samples are already validated and rendered; re-reading the files would count their problems twice
+    for i, s in enumerate(dataset.samples, start=1):
+        yield s.source, i, {"question": s.question, "answer": s.answer}
+
+
+def warm_start(cfg: GRPORunConfig, run: Run, engine: Engine, task: Task) -> dict:
+    """Train until held-out greedy accuracy >= target or max_steps; returns a summary dict."""
     ws = cfg.warm_start
     settings = OptimizerSettings(lr=ws.lr, warmup_steps=0, clip_grad=1.0, adam_beta2=0.999,
                                  distributed_optimizer=cfg.optimizer.distributed_optimizer)
-    optimizer = build_optimizer(ddp_model, settings)
-    scheduler = build_scheduler(optimizer, settings)
-    rng = random.Random(f"warm-start:{cfg.seed}")
-    accuracy, step = greedy_accuracy(engine, task, task.held_out), 0
-    say(f"warm start: held-out greedy accuracy {accuracy:.3f} before SFT (target {ws.target_accuracy})")
-    while step < ws.max_steps and accuracy < ws.target_accuracy:
-        problems = arithmetic_problems(ws.batch_size, rng.getrandbits(63), cfg.data.arithmetic)
-        share = problems[dp_rank::dp_size]
-        batch = {k: v.to(engine.device) for k, v in sft_batch(task, share).items()}
-        train_step(ddp_model, optimizer, scheduler, [batch], next_token_cross_entropy)
+    optimizer, scheduler = run.build_optimizer(settings)
+    examples = WarmStartExamples(task, cfg.seed)
+    accuracy = greedy_accuracy(engine, task, task.held_out) if task.held_out else None
+    run.say(f"warm start: held-out greedy accuracy {accuracy:.3f} before SFT (target {ws.target_accuracy})"
+            if accuracy is not None else f"warm start: {ws.max_steps} SFT steps (no held-out examples to stop on)")
+    step = 0
+    while step < ws.max_steps and (accuracy is None or accuracy < ws.target_accuracy):
+        share = examples.next_batch(ws.batch_size)[run.dp_rank::run.dp_size]
+        seqs = [task.sft_sequence(s) for s in share]
+        sft_step(run.policy, optimizer, scheduler, seqs, Batching(micro_batch_size=len(seqs)),
+                 task.tokenizer.pad_token_id, engine.device)
         step += 1
-        if step % ws.eval_every == 0:
+        if accuracy is not None and step % ws.eval_every == 0:
             accuracy = greedy_accuracy(engine, task, task.held_out)
-            say(f"warm start: step {step}, held-out greedy accuracy {accuracy:.3f}")
-    return {"warm_start/steps": step, "warm_start/accuracy": accuracy}
+            run.say(f"warm start: step {step}, held-out greedy accuracy {accuracy:.3f}")
+    summary = {"warm_start/steps": step}
+    return summary | ({"warm_start/accuracy": accuracy} if accuracy is not None else {})

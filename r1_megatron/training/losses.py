@@ -13,17 +13,16 @@ def next_token_cross_entropy(logits_BTV: torch.Tensor, mb: MicroBatch) -> tuple[
     logits_BTV: [B, T, V_local] this rank's vocab slice; mb.labels: [B, T] global vocab ids of the next token;
     mb.loss_mask: [B, T] 1 where it counts (or a per-token weight). The fused kernel (r1_megatron.kernels
     .cross_entropy) reduces over the tensor-parallel vocab shards from 4 fp32 per token, without upcasting the
-    logits to an fp32 [B, T, V] copy. A plain dict with "labels" and "loss_mask" is accepted as well.
+    logits to an fp32 [B, T, V] copy.
     """
     from megatron.core import parallel_state
 
     from r1_megatron.kernels import cross_entropy
 
-    labels_BT, mask_BT = (mb.labels, mb.loss_mask) if isinstance(mb, MicroBatch) else (mb["labels"], mb["loss_mask"])
     tp_group = None
     if parallel_state.model_parallel_is_initialized() and parallel_state.get_tensor_model_parallel_world_size() > 1:
         tp_group = parallel_state.get_tensor_model_parallel_group()
-    ce_BT = cross_entropy(logits_BTV, labels_BT, tp_group=tp_group)
-    mask_BT = mask_BT.float()
+    ce_BT = cross_entropy(logits_BTV, mb.labels, tp_group=tp_group)
+    mask_BT = mb.loss_mask.float()
     # where(), not a product alone: a mask-0 position never lets a non-finite CE into the sum
     return torch.where(mask_BT != 0, ce_BT * mask_BT, torch.zeros_like(ce_BT)).sum(), mask_BT.sum()

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from r1_megatron.models.logits import position_ids_like
+from r1_megatron.training.micro_batch import MicroBatch
+from r1_megatron.training.model_forward import model_forward
 
-LossFn = Callable[[torch.Tensor, dict], tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, MicroBatch], tuple[torch.Tensor, torch.Tensor]]
 
 
 def unwrap(model):
@@ -58,21 +58,10 @@ class StepResult:
     updated: bool  # False when the optimizer skipped the step (non-finite gradients)
 
 
-def pad_to_multiple(batch: dict, multiple: int) -> dict:
-    """Right-pad every [B, T] tensor of a micro-batch so T is a multiple of `multiple` (sequence parallelism splits
-    T over TP ranks); padded positions carry zeros, so a zero loss mask keeps them out of the loss."""
-    T = batch["input_ids"].shape[1]
-    pad = (-T) % multiple
-    if pad == 0:
-        return batch
-    return {k: F.pad(v, (0, pad)) if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == T else v
-            for k, v in batch.items()}
-
-
-def _check_micro_batches(micro_batches: list[dict]) -> tuple[int, int]:
+def _check_micro_batches(micro_batches: list[MicroBatch]) -> tuple[int, int]:
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch")
-    shapes = {tuple(mb["input_ids"].shape) for mb in micro_batches}
+    shapes = {mb.shape for mb in micro_batches}
     if len(shapes) != 1:
         raise ValueError(f"all micro-batches of a step must have one [B, T] shape (pad them), got {sorted(shapes)}")
     return shapes.pop()
@@ -95,8 +84,7 @@ def _global_loss(records: list[dict]) -> tuple[float, int]:
 def _forward_step(loss_fn: LossFn):
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        ids_BT = batch["input_ids"]
-        output = model(ids_BT, position_ids_like(ids_BT), None)  # last stage: logits [B, T, V_local]
+        output = model_forward(model, batch)  # last stage: logits [B, T, V_local]
 
         def loss_func(logits_BTV):
             loss_sum, units = loss_fn(logits_BTV, batch)
@@ -108,21 +96,38 @@ def _forward_step(loss_fn: LossFn):
     return forward_step
 
 
-def train_step(ddp_model, optimizer, scheduler, micro_batches: list[dict], loss_fn: LossFn) -> StepResult:
-    """Forward/backward over `micro_batches` (this data-parallel rank's share of the global batch) and one
-    optimizer + LR-scheduler step. Each micro-batch is a dict of [B, T] tensors with at least "input_ids"."""
+def _run_schedule(ddp_model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, forward_only: bool) -> list:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     config = ddp_model.config
     if config.sequence_parallel:
-        micro_batches = [pad_to_multiple(mb, config.tensor_model_parallel_size) for mb in micro_batches]
+        micro_batches = [mb.pad_to_multiple(config.tensor_model_parallel_size) for mb in micro_batches]
     B, T = _check_micro_batches(micro_batches)
+    return get_forward_backward_func()(
+        forward_step_func=_forward_step(loss_fn), data_iterator=iter(micro_batches), model=[ddp_model],
+        num_microbatches=len(micro_batches), seq_length=T, micro_batch_size=B, forward_only=forward_only)
+
+
+@torch.no_grad()
+def loss_only(ddp_model, micro_batches: list[MicroBatch], loss_fn: LossFn) -> tuple[float, int]:
+    """(global loss sum / global unit count, global unit count) of `micro_batches` in eval mode, no update
+    (validation loss); collective over data-parallel (and pipeline) ranks like train_step."""
+    was_training = ddp_model.training
+    ddp_model.eval()
+    try:
+        records = _run_schedule(ddp_model, micro_batches, loss_fn, forward_only=True)
+    finally:
+        ddp_model.train(was_training)
+    return _global_loss(records)
+
+
+def train_step(ddp_model, optimizer, scheduler, micro_batches: list[MicroBatch], loss_fn: LossFn) -> StepResult:
+    """Forward/backward over `micro_batches` (this data-parallel rank's share of the global batch, all of one
+    [B, T] shape) and one optimizer + LR-scheduler step."""
     ddp_model.train()
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
-    records = get_forward_backward_func()(
-        forward_step_func=_forward_step(loss_fn), data_iterator=iter(micro_batches), model=[ddp_model],
-        num_microbatches=len(micro_batches), seq_length=T, micro_batch_size=B, forward_only=False)
+    records = _run_schedule(ddp_model, micro_batches, loss_fn, forward_only=False)
     updated, grad_norm, _ = optimizer.step()
     if updated:
         scheduler.step(increment=1)

@@ -2,7 +2,7 @@
 import pytest
 
 from r1_megatron.grpo.reward_health import RewardFailure, RewardHealth
-from r1_megatron.grpo.step_stats import StepStats
+from r1_megatron.training.step_stats import StepStats
 from r1_megatron.rewards.runner import RewardBatch
 
 
@@ -77,12 +77,12 @@ def test_the_decision_is_on_the_totals_over_data_parallel_ranks():
 
 def test_the_cli_prints_a_reward_failure_as_one_line(monkeypatch, capsys):
     from r1_megatron import cli
-    from r1_megatron.grpo import main
+    from r1_megatron.training import run
 
     def broken_run(*args, **kwargs):
         raise RewardFailure("rewards failed on every sample of steps 1-3 (...); first failure: r: ValueError: bad")
 
-    monkeypatch.setattr(main, "run_grpo", broken_run)
+    monkeypatch.setattr(run, "run_command", broken_run)
     assert cli.main(["train", "grpo"]) == 2
     err = capsys.readouterr().err
     assert err == ("r1-megatron train: error: rewards failed on every sample of steps 1-3 (...); first failure: r: "
