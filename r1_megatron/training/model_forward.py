@@ -54,7 +54,9 @@ def model_forward(model, mb: MicroBatch):
 
 
 def _thd_forward(model, core, mb: MicroBatch, positions_BT):
-    """Untested on GPU here: written from megatron-core 0.16.1's THD path (GPTModel, attention, rope utils)."""
+    """Written from megatron-core 0.16.1's THD path (GPTModel, attention, rope utils); tested on CPU with a test
+    double of TE's varlen attention, not with TE itself. Megatron's THD rotary takes each token's position from
+    cu_seqlens (0 at every segment start), so `positions_BT` must restart at each segment, as packing makes it."""
     B, T = mb.shape
     out = model(mb.input_ids.reshape(1, B * T), positions_BT.reshape(1, B * T), None,
                 packed_seq_params=thd_params(mb.segment_ids))
