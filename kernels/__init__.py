@@ -3,12 +3,13 @@ TRITON_INTERPRET=1, the pure-PyTorch reference elsewhere (see backend.py; R1_MEG
 forces one). Importing this package never imports triton; the Triton modules load on first use.
 """
 from .backend import Backend, select_backend
+from .cross_entropy import cross_entropy
 from .group_advantage import group_advantages
 from .grpo_loss import grpo_loss, token_logprobs
 from .options import AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg
 from .rmsnorm import rms_norm
 
 __all__ = [
-    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "group_advantages", "grpo_loss",
-    "rms_norm", "select_backend", "token_logprobs",
+    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "cross_entropy", "group_advantages",
+    "grpo_loss", "rms_norm", "select_backend", "token_logprobs",
 ]

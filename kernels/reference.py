@@ -89,6 +89,20 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: 
     return _target_logprobs(logprobs_BTV, targets).to(_compute_dtype(logits.dtype))
 
 
+# ---------------------------------------------------------------------------------------------- cross-entropy
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, tp_group=None,
+                  inplace_backward: bool = False) -> torch.Tensor:
+    """Reference of `r1_megatron.kernels.cross_entropy`: −log_softmax(logits)[target] over the full vocab,
+    [B, T, V_local] → [B, T], computed in fp32 (fp64 for fp64) on the gathered logits, as Megatron's
+    vocab_parallel_cross_entropy(logits.float()) does. Targets outside [0, V) give 0 and no gradient.
+    `inplace_backward` is ignored."""
+    check_logprob_inputs(logits, targets)
+    full_BTV = gather_vocab(logits, tp_group).to(_compute_dtype(logits.dtype))
+    ce_BT = -_target_logprobs(torch.log_softmax(full_BTV, dim=-1), targets)
+    counted_BT = (targets >= 0) & (targets < full_BTV.shape[-1])
+    return torch.where(counted_BT, ce_BT, torch.zeros_like(ce_BT))
+
+
 # -------------------------------------------------------------------------------------------------- GRPO loss
 def _kl_k1(logp, ref):
     return logp - ref

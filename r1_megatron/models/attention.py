@@ -45,9 +45,13 @@ class SDPAttention(MegatronModule):
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("SDPAttention supports neither packed sequences nor attention bias; install "
-                             "TransformerEngine for them")
+        if packed_seq_params is not None:
+            raise ValueError("SDPAttention does not take packed_seq_params (THD packed sequences need "
+                             "TransformerEngine); run packed micro-batches through "
+                             "r1_megatron.training.model_forward, which gives SDPAttention a block-diagonal "
+                             "attention_mask instead")
+        if attention_bias is not None:
+            raise ValueError("SDPAttention does not support attention_bias; install TransformerEngine for it")
         generation = active_context()
         if generation is not None:
             return generation.attend(self.layer_number, query, key, value, self.softmax_scale)
@@ -109,6 +113,12 @@ def _te_attention_with_kv_cache() -> type:
             return super().forward(query, key, value, attention_mask, *args, **kwargs)
 
     return TEAttentionWithKVCache
+
+
+def takes_packed_seq_params() -> bool:
+    """True when core attention is TransformerEngine's, which runs packed rows as THD varlen attention;
+    SDPAttention takes them as a block-diagonal attention mask instead (models/packed.py)."""
+    return core_attention_module() is not SDPAttention
 
 
 def core_attention_module() -> type:

@@ -8,6 +8,7 @@ from megatron.core.transformer.multi_latent_attention import MultiLatentAttentio
 
 from r1_megatron.models.config import ModelConfig, RopeScaling, to_transformer_config
 from r1_megatron.models.kv_cache import active_context
+from r1_megatron.models.packed import active_positions, rotary_at
 from r1_megatron.models.specs import block_spec
 from r1_megatron.runtime import ParallelConfig, ensure_parallel_state
 
@@ -19,7 +20,8 @@ class R1GPTModel(GPTModel):
 
     Generation forwards (models/kv_cache.py) change two things through forward hooks, which are inert otherwise:
     every rotary embedding returns each token's own position's frequencies, and the output layer computes
-    logits only at one position per row."""
+    logits only at one position per row. Packed training forwards (models/packed.py, `packed_rotary`) use the
+    first hook alone: positions restart at each packed sequence."""
 
     def __init__(self, model_config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -39,15 +41,22 @@ class R1GPTModel(GPTModel):
 
 
 def _rotary_per_token(rope, args, output):
-    """In a generation forward: the frequencies of each token's own position, [T, B, 1, D] (Megatron computes
-    0..T-1 for one shared sequence; apply_rotary_pos_emb broadcasts over B either way)."""
+    """The frequencies of each token's own position, [T, B, 1, D], in a generation forward or a packed forward
+    (Megatron computes 0..T-1 for one shared sequence; apply_rotary_pos_emb broadcasts over B either way)."""
     ctx = active_context()
-    if ctx is None:
+    if ctx is not None:
+        table = rope.forward(ctx.kv_len)  # lru-cached in Megatron; decode positions reach past this forward's T
+        return _per_token(table, ctx.positions_BT)
+    positions_BT = active_positions()
+    if positions_BT is None:
         return None
-    table = rope.forward(ctx.kv_len)  # lru-cached in Megatron
+    return _per_token(output, positions_BT)  # Megatron's own table covers 0..T-1, and packed positions are < T
+
+
+def _per_token(table, positions_BT):
     if isinstance(table, tuple):  # YaRN returns (emb, mscale)
-        return (ctx.rotary_per_token(table[0]),) + tuple(table[1:])
-    return ctx.rotary_per_token(table)
+        return (rotary_at(table[0], positions_BT),) + tuple(table[1:])
+    return rotary_at(table, positions_BT)
 
 
 def _only_logit_positions(output_layer, args, kwargs):

@@ -88,10 +88,6 @@ class ForwardContext:
         T, B = query_TBND.shape[:2]
         return out_BNTE.permute(2, 0, 1, 3).reshape(T, B, -1)
 
-    def rotary_per_token(self, emb_S11D: torch.Tensor) -> torch.Tensor:
-        """Rotary frequencies [T, B, 1, D] of each token's own position, from the table [S, 1, 1, D], S >= kv_len."""
-        return emb_S11D[:, 0, 0][self.positions_BT].transpose(0, 1)[:, :, None]
-
 
 _ACTIVE: list[ForwardContext] = []
 

@@ -1,8 +1,8 @@
 """Body of the TP=2 test: runs in each of 2 gloo processes (spawned by test_kernel_tensor_parallel.py).
 
 Every rank builds the same inputs, keeps its contiguous vocab slice of the logits (Megatron's vocab-parallel
-layout) and checks that loss, stats, token_logprobs and the all-gathered gradient equal the TP=1 result, and
-that the Triton path issues exactly one collective in forward and none in backward.
+layout) and checks that loss, stats, token_logprobs, cross_entropy and the all-gathered gradients equal the TP=1
+result, and that the Triton path issues exactly one collective in forward and none in backward.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from kernel_test_inputs import make_inputs, rel_err, run_loss
 
-from r1_megatron.kernels import grpo_loss, token_logprobs
+from r1_megatron.kernels import cross_entropy, grpo_loss, token_logprobs
 from r1_megatron.kernels.backend import FORCE_ENV
 
 V_LOCAL = 37  # odd on purpose; the full vocab is 74 and targets land on both ranks
@@ -84,11 +84,38 @@ def _check_case(rank: int, backend: str, dtype, input_kw: dict, loss_kw: dict, t
     assert rel_err(lp2, lp1) < tol, backend
 
 
+CE_CASES = [("triton", torch.float32, 2e-6), ("triton", torch.bfloat16, 1e-2), ("torch", torch.float32, 2e-6)]
+
+
+def _check_cross_entropy(rank: int, backend: str, dtype, tol: float) -> None:
+    """CE and its gathered gradient at TP2 equal TP1; targets on both ranks, one ignored (−100), zero weights."""
+    os.environ[FORCE_ENV] = backend
+    g = torch.Generator().manual_seed(5)
+    full = (3.0 * torch.randn(3, 5, 2 * V_LOCAL, generator=g)).to(dtype)
+    targets = torch.randint(0, 2 * V_LOCAL, (3, 5), generator=g)
+    targets[1, 2] = -100
+    weights = (torch.rand(3, 5, generator=g) > 0.3).float()
+    x1 = full.detach().clone().requires_grad_()
+    ce1 = cross_entropy(x1, targets)
+    (ce1 * weights).sum().backward()
+    x2 = full[..., rank * V_LOCAL:(rank + 1) * V_LOCAL].detach().clone().requires_grad_()
+    with CollectiveCounter() as fwd:
+        ce2 = cross_entropy(x2, targets, tp_group=dist.group.WORLD)
+    with CollectiveCounter() as bwd:
+        (ce2 * weights).sum().backward()
+    if backend == "triton":
+        assert (fwd.calls, bwd.calls) == (1, 0), (fwd.calls, bwd.calls)
+    assert rel_err(ce2, ce1) < tol, backend
+    assert rel_err(_gather_vocab(x2.grad), x1.grad) < tol, backend
+
+
 def run(rank: int, world_size: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=180))
     try:
         for case in CASES:
             _check_case(rank, *case)
+        for case in CE_CASES:
+            _check_cross_entropy(rank, *case)
     finally:
         dist.destroy_process_group()

@@ -18,6 +18,7 @@ def _load(name):
 
 @pytest.mark.parametrize("name,modes", [
     ("bench_grpo_loss", {"fwd", "bwd", "fwd+bwd"}),
+    ("bench_cross_entropy", {"fwd", "bwd", "fwd+bwd"}),
     ("bench_rmsnorm", {"fwd", "bwd", "fwd+bwd"}),
     ("bench_group_advantages", {"fwd"}),
 ])

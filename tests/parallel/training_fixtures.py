@@ -7,6 +7,7 @@ from r1_megatron.models import load_hf
 from r1_megatron.models.hf_checkpoint import _local_tensors
 from r1_megatron.models.hf_weights import weight_rules
 from r1_megatron.models.placement import Placement
+from r1_megatron.training import step as step_module
 from r1_megatron.training.losses import next_token_cross_entropy
 from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
@@ -23,8 +24,7 @@ def global_batch(step: int, vocab: int) -> torch.Tensor:
 def micro_batches(ids: torch.Tensor, dp_rank: int, dp_size: int, micro_batch_size: int) -> list[MicroBatch]:
     """This DP rank's contiguous share of the global batch, cut into micro-batches."""
     share = ids.chunk(dp_size)[dp_rank]
-    return [MicroBatch(mb[:, :-1], mb[:, 1:], torch.ones(mb.shape[0], SEQ))
-            for mb in share.split(micro_batch_size)]
+    return [MicroBatch(mb[:, :-1], mb[:, 1:], torch.ones(mb.shape[0], SEQ)) for mb in share.split(micro_batch_size)]
 
 
 def setup(ckpt, *, dtype=torch.float32, distributed_optimizer=False):
@@ -46,14 +46,37 @@ def step(trainer, step_index: int, dp_rank: int, dp_size: int, micro_batch_size:
     return train_step(ddp, optimizer, scheduler, batches, next_token_cross_entropy)
 
 
+def packed_micro_batches(vocab: int, dp_rank: int, dp_size: int) -> list[MicroBatch]:
+    """This DP rank's contiguous share of a packed global batch: 2 micro-batches of 2 rows, 3 conversations to
+    a row, loss on response tokens only; T = 23 is odd, so sequence parallelism pads it."""
+    from tests.training import packed_fixtures as pf
+
+    convs = pf.conversations(vocab, seed=11, lengths=pf.LENGTHS * 2)
+    batches = [pf.packed(convs[i:i + 6], T=23)[0] for i in (0, 6)]
+    return batches[dp_rank * len(batches) // dp_size:(dp_rank + 1) * len(batches) // dp_size]
+
+
+def packed_loss_and_grads(trainer, dp_rank: int, dp_size: int) -> tuple[float, dict]:
+    """Global loss and this rank's gradient shards (global_shards of the gradients) of one forward/backward of the
+    packed batch through train_step's own schedule (padding, model_forward, finalize_model_grads: DP/SP
+    all-reduces and the division by the global token count), without the optimizer step."""
+    ddp = trainer[0]
+    batches = packed_micro_batches(unwrap(ddp).model_config.vocab_size, dp_rank, dp_size)
+    ddp.train()
+    ddp.zero_grad_buffer()
+    records = step_module._run_schedule(ddp, batches, next_token_cross_entropy, forward_only=False)
+    return step_module._global_loss(records)[0], global_shards(ddp, grads=True)
+
+
 def max_param_diff(model, reference) -> float:
     """Max |difference| over this rank's parameters and buffers (e.g. the updated expert bias)."""
     ours, theirs = _local_tensors(unwrap(model)), _local_tensors(unwrap(reference))
     return max((ours[name].float() - theirs[name].float()).abs().max().item() for name in ours)
 
 
-def global_shards(model) -> dict:
-    """{HF tensor name: ((dim, rank, world) or None, tensor)} for this rank's part of the model.
+def global_shards(model, grads: bool = False) -> dict:
+    """{HF tensor name: ((dim, rank, world) or None, tensor)} for this rank's part of the model (of its
+    parameters' gradients, DDP's main_grad, with grads=True).
 
     In HF space a tensor-parallel rank's part is a plain chunk of each HF tensor (a Megatron fc1 shard is
     [gate_r; up_r], not a chunk of the TP1 fc1), so every rank's dump concatenates back to whole HF tensors.
@@ -63,8 +86,11 @@ def global_shards(model) -> dict:
     rules = {rule.megatron: rule for rule in weight_rules(core.model_config)}
     out = {}
     for name, tensor in _local_tensors(core).items():
+        if grads and not isinstance(tensor, torch.nn.Parameter):
+            continue  # buffers (the expert bias and its token counts) have no gradient
         rule, shard = rules[placement.global_name(name)], placement.shard(tensor)
-        for hf_name, part in zip(rule.hf, rule.transform.to_hf(tensor.detach())):
+        value = tensor.main_grad if grads else tensor
+        for hf_name, part in zip(rule.hf, rule.transform.to_hf(value.detach())):
             out[hf_name] = ((shard.dim, shard.rank, shard.world) if shard else None, part.clone())
     return out
 
@@ -83,10 +109,10 @@ def assemble(dumps: list[dict]) -> dict[str, torch.Tensor]:
     return whole
 
 
-def max_diff_to_whole(model, whole: dict[str, torch.Tensor]) -> float:
-    """Max |difference| between this rank's tensors and the matching slices of whole tensors."""
+def max_diff_to_whole(model, whole: dict[str, torch.Tensor], grads: bool = False) -> float:
+    """Max |difference| between this rank's tensors (or gradients) and the matching slices of whole tensors."""
     worst = 0.0
-    for name, (shard, tensor) in global_shards(model).items():
+    for name, (shard, tensor) in global_shards(model, grads).items():
         expected = whole[name] if shard is None else whole[name].chunk(shard[2], dim=shard[0])[shard[1]]
         worst = max(worst, (tensor.float() - expected.float()).abs().max().item())
     return worst

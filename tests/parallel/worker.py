@@ -111,7 +111,8 @@ def _dp() -> tuple[int, int]:
 
 def train_scenario(workdir: Path, runs: str) -> dict:
     """runs: comma-separated LAYOUT:DISTOPT. One fp32 step per run, compared with the single-process update
-    (workdir/expected); then 3 bf16 steps at TP2+EP2 whose losses must fall."""
+    (workdir/expected); the packed batch's loss and gradients at TP2, PP2 and EP2, compared with the single
+    process's (workdir/packed_expected.pt); then 3 bf16 steps at TP2+EP2 whose losses must fall."""
     out = {}
     for run in runs.split(","):
         layout, distopt = run.split(":")
@@ -121,6 +122,13 @@ def train_scenario(workdir: Path, runs: str) -> dict:
         result = tf.step(trainer, 0, *_dp())
         out[run] = {"loss": result.loss, "grad_norm": result.grad_norm,
                     "max_diff": tf.max_param_diff(trainer[0], load_hf(workdir / "expected"))}
+    expected = torch.load(workdir / "packed_expected.pt")
+    for layout in ("tp2", "pp2", "ep2"):  # a packed batch's loss and gradients (before any update)
+        initialize(**LAYOUTS[layout])
+        trainer = tf.setup(workdir / "ckpt")
+        loss, _ = tf.packed_loss_and_grads(trainer, *_dp())
+        out[f"packed/{layout}"] = {"loss": loss, "grad_diff": tf.max_diff_to_whole(trainer[0], expected["grads"],
+                                                                                   grads=True)}
     initialize(**LAYOUTS["tp2ep2"])
     trainer = tf.setup(workdir / "ckpt", dtype=torch.bfloat16, distributed_optimizer=True)
     out["bf16_losses"] = [tf.step(trainer, 0, *_dp()).loss for _ in range(3)]
