@@ -155,7 +155,7 @@ def test_a_bad_record_names_its_file_line_and_field(workdir, tmp_path):
 
 def test_the_built_in_sft_demo_runs_end_to_end(tmp_path):
     run = tmp_path / "demo"
-    result = cli("train", "sft", f"run_dir={run}", "training.steps=6", "training.validate_every=3",
+    result = cli("train", "sft", f"run_dir={run}", "training.steps=6", "training.validate_every=3", "optimizer.warmup_steps=2",
                  "logging.progress=false")
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
