@@ -3,6 +3,7 @@ import torch
 
 from r1_megatron.rollout import Engine, SamplingParams, logprob_mismatch
 from r1_megatron.training.losses import next_token_cross_entropy
+from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.offload import HostOffload
 from r1_megatron.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
 from r1_megatron.training.step import build_ddp, train_step
@@ -20,11 +21,11 @@ def _trainer(tmp_path):
     return ddp, optimizer, build_scheduler(optimizer, settings)
 
 
-def _sft_on(completions) -> list[dict]:
+def _sft_on(completions) -> list[MicroBatch]:
     """One micro-batch that teaches each prompt a fixed continuation (all rows the same length)."""
     rows = [PROMPTS[c.prompt_index][-1:] + [(t + 1) % 160 for t in c.token_ids[:5]] for c in completions]
     ids = torch.tensor(rows)
-    return [dict(input_ids=ids[:, :-1], labels=ids[:, 1:], loss_mask=torch.ones(ids.shape[0], ids.shape[1] - 1))]
+    return [MicroBatch(ids[:, :-1], ids[:, 1:], torch.ones(ids.shape[0], ids.shape[1] - 1))]
 
 
 def test_engine_reads_the_trainers_parameter_tensors(tmp_path):
