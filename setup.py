@@ -49,7 +49,7 @@ setup(
     python_requires=">=3.10",
     packages=[NAME, *(f"{NAME}.{p}" for p in find_packages(NAME)), f"{NAME}.kernels"],
     package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},
-    package_data={NAME: ["py.typed", "grpo/recipes/*.yaml"]},
+    package_data={NAME: ["py.typed", "grpo/recipes/*.yaml", "sft/recipes/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "megatron-core==0.16.1",  # the CPU compatibility layer patches this exact version's internals

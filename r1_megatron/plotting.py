@@ -1,4 +1,5 @@
-"""PNG charts of a run's metrics.jsonl: reward, accuracy, response length and KL against step, plus a 2x2 summary.
+"""PNG charts of a run's metrics.jsonl against step, plus a 2x2 summary: reward, accuracy, response length and KL
+for RL runs; loss (and validation loss), LR, gradient norm and packing efficiency for SFT runs.
 
 matplotlib is imported only when plotting, through its object API (Figure + savefig renders with Agg), so
 plotting never switches the pyplot backend of the calling process and needs no display.
@@ -35,8 +36,20 @@ def _reward_components(records: list[dict]) -> tuple[str, ...]:
     return tuple(sorted(keys))
 
 
+SFT_CHARTS = (
+    Chart("loss", "Loss (cross-entropy per trained token)", "nats", "loss", ("val/loss",)),
+    Chart("lr", "Learning rate", "lr", "lr"),
+    Chart("grad_norm", "Gradient norm", "norm", "grad_norm"),
+    Chart("packing", "Packing efficiency (real / computed tokens)", "fraction", "packing/efficiency"),
+)
+
+
 def charts_for(records: list[dict]) -> tuple[Chart, ...]:
-    """The four charts, the reward chart carrying one extra line per logged reward component."""
+    """The four charts of the run's kind: RL runs (a reward is logged) get reward, accuracy, length and KL, the
+    reward chart carrying one extra line per logged reward component; SFT runs get loss, LR, gradient norm and
+    packing efficiency."""
+    if not any("reward/total_mean" in r for r in records) and any("loss" in r for r in records):
+        return SFT_CHARTS
     return (
         Chart("reward", "Reward", "reward", "reward/total_mean", _reward_components(records)),
         Chart("accuracy", "Accuracy", "fraction", "accuracy", ("format_rate",)),

@@ -6,6 +6,7 @@ Nothing is fetched from a hub: ``load_tokenizer`` reads a local directory or fil
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import os
 from datetime import datetime
@@ -138,7 +139,9 @@ class SentencePieceTokenizer(Tokenizer):
         return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
 
 
+@functools.lru_cache(maxsize=16)
 def _compiled_template(source: str):
+    """The chat template compiled once per source (SFT renders every conversation several times)."""
     import jinja2
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -297,9 +297,12 @@ def test_validation_errors_are_reraised_with_their_source(tmp_path):
         "command line, tiny_demo.yaml:22: algorithm.mini_batches=3 must divide")
     # a rule about two keys from two sources names both
     assert config_error(None, ["model.path=/m"]).startswith("tiny_demo.yaml:14, command line: model: set exactly one")
-    # the warm start is the synthetic task's SFT pass; with prompt files it would have nothing to train on
-    assert config_error(None, ["data.synthetic=null", "data.paths=[a.jsonl]"]).startswith(
-        "tiny_demo.yaml:52, command line, tiny_demo.yaml:13: warm_start.max_steps=1000: the warm start trains on")
+    # the warm start is an SFT stage on the task's reference answers: prompt files need their answer field
+    assert load_run_config(None, ["data.synthetic=null", "data.paths=[a.jsonl]"]).warm_start.max_steps == 1000
+    assert config_error(None, ["data.synthetic=null", "data.paths=[a.jsonl]", "data.answer_field=null",
+                               "rewards.weights={format: 1.0}", "rewards.accuracy=null"]).startswith(
+        "tiny_demo.yaml:52, command line: warm_start.max_steps=1000: the warm start trains on each record's "
+        "reference answer, and data.answer_field is null")
 
 
 # ---- the generic builder on a schema of its own -----------------------------------------------------------------

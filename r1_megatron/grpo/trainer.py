@@ -68,7 +68,7 @@ class GRPOTrainer:
         self.warm_start = WarmStartSummary()
         if not run.resumed and cfg.warm_start.max_steps:
             self.warm_start.metrics = warm_start(cfg, run, self.engine, self.task)
-        self.optimizer, self.scheduler = run.build_optimizer()
+        self.optimizer, self.scheduler = run.build_optimizer(total_steps=cfg.steps)
         self.reference = ReferenceModel(self.ddp, on_host=cfg.algorithm.ref_on_host) \
             if cfg.algorithm.uses_reference else None
         run.track("data", self.task.dataset)

@@ -63,6 +63,7 @@ def _llama3(hidden, layers, heads, ffn) -> ModelConfig:
 
 
 PRESETS = {
+    "tiny-dense": lambda: _qwen2(128, 64, 2, 4, 2, 128, 512, 10000.0, 1e-6, False),  # the CPU SFT demo's student
     "tiny-moe": tiny_moe,
     "demo-moe": demo_moe,
     "deepseek-v3-671b": deepseek_v3_671b,

@@ -1,6 +1,7 @@
 """Megatron optimizer (Adam, fp32 master weights for bf16 models, grad clipping) and its LR schedule."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ class OptimizerSettings:
     lr: float = 3e-6
     min_lr: float = 0.0
     warmup_steps: int = 0
-    decay_steps: int = 0  # steps from start to the end of the decay; 0 = no decay after warmup
+    decay_steps: int = 0  # steps from start to the end of the decay; 0 = the run's total steps
     decay: LRDecay = LRDecay.CONSTANT
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -38,11 +39,21 @@ class OptimizerSettings:
         if self.warmup_steps < 0 or self.decay_steps < 0:
             raise ValueError(f"OptimizerSettings: warmup_steps={self.warmup_steps} and decay_steps={self.decay_steps} "
                              "must be >= 0")
-        if self.decay is not LRDecay.CONSTANT and self.decay_steps <= self.warmup_steps:
+        if self.decay is not LRDecay.CONSTANT and 0 < self.decay_steps <= self.warmup_steps:
             raise ValueError(f"OptimizerSettings.decay_steps={self.decay_steps} must exceed warmup_steps="
                              f"{self.warmup_steps} for {self.decay.value} decay")
         if self.clip_grad < 0:
             raise ValueError(f"OptimizerSettings.clip_grad must be >= 0 (0 = off), got {self.clip_grad}")
+
+
+    def for_run(self, total_steps: int) -> "OptimizerSettings":
+        """These settings with decay_steps 0 resolved to the run's `total_steps` (decay over the whole run)."""
+        if self.decay is LRDecay.CONSTANT or self.decay_steps:
+            return self
+        if total_steps <= self.warmup_steps:
+            raise ValueError(f"optimizer.warmup_steps={self.warmup_steps} leaves nothing of the run's {total_steps} "
+                             f"steps to {self.decay.value} decay over")
+        return dataclasses.replace(self, decay_steps=total_steps)
 
 
 def build_optimizer(ddp_model, settings: OptimizerSettings):

@@ -71,9 +71,12 @@ class Run:
         self.policy = build_ddp(self.cfg.model.build(), distributed_optimizer=self.cfg.optimizer.distributed_optimizer)
         return self.policy
 
-    def build_optimizer(self, settings: OptimizerSettings | None = None):
-        """Megatron's optimizer and LR schedule for the policy (default settings: cfg.optimizer)."""
+    def build_optimizer(self, settings: OptimizerSettings | None = None, *, total_steps: int | None = None):
+        """Megatron's optimizer and LR schedule for the policy (default settings: cfg.optimizer); a decay with
+        decay_steps 0 runs over `total_steps`."""
         settings = settings or self.cfg.optimizer
+        if total_steps is not None:
+            settings = settings.for_run(total_steps)
         self.optimizer = build_optimizer(self.policy, settings)
         self.scheduler = build_scheduler(self.optimizer, settings)
         return self.optimizer, self.scheduler

@@ -1,0 +1,121 @@
+"""The SFT run's configuration (`r1-megatron train sft`): the sections every run has (training/run_sections.py)
+plus the data and the schedule. Cold-start SFT, SFT on rejection-sampled data and distillation into dense
+students are all this command with different data and recipes (examples/*sft*.yaml, examples/distill_*.yaml)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import ClassVar
+
+from r1_megatron.data.chat_render import SFTTemplate
+from r1_megatron.data.prompt_dataset import OnError
+from r1_megatron.data.sft_dataset import COLD_START_SEPARATOR, Overlong, SFTDataConfig, SFTFormat
+from r1_megatron.kernels.options import parse_enum
+from r1_megatron.models.source import ModelSourceConfig
+from r1_megatron.sft.step import Batching
+from r1_megatron.training.optimizer import LRDecay, OptimizerSettings
+from r1_megatron.training.run_sections import RunConfig
+
+SYNTHETIC = ("chat",)  # built-in data: r1_megatron/data/synthetic_chat.py
+
+
+@dataclasses.dataclass
+class SFTDataSection:
+    """Conversations from JSONL/Parquet files (`paths`; docs/sft_data.md has the formats), or the built-in
+    synthetic chats (`synthetic: chat`, `num_synthetic` of them, with their own character tokenizer). The
+    tokenizer comes from `tokenizer` (a directory), else from model.path. Validation: `validation_paths`, or a
+    held-out `validation_fraction` of the training examples."""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    synthetic: str | None = None
+    num_synthetic: int = 64
+    format: SFTFormat = SFTFormat.AUTO
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    reasoning_field: str | None = "reasoning"
+    system_field: str | None = None
+    template: SFTTemplate = SFTTemplate.CHAT
+    cold_start_separator: str = COLD_START_SEPARATOR
+    max_seq_len: int = 4096
+    overlong: Overlong = Overlong.TRUNCATE
+    on_error: OnError = OnError.RAISE
+    validation_paths: list[str] = dataclasses.field(default_factory=list)
+    validation_fraction: float = 0.0
+    tokenizer: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if bool(self.paths) == (self.synthetic is not None):
+            raise ValueError(f"data: set exactly one of data.paths (conversation files) and data.synthetic, got "
+                             f"paths={self.paths!r}, synthetic={self.synthetic!r}")
+        if self.synthetic not in (None, *SYNTHETIC):
+            raise ValueError(f"data.synthetic must be one of {', '.join(SYNTHETIC)}, got {self.synthetic!r}")
+        for name, kind in (("format", SFTFormat), ("template", SFTTemplate), ("overlong", Overlong),
+                           ("on_error", OnError)):
+            setattr(self, name, parse_enum(kind, getattr(self, name), f"data.{name}"))
+        try:
+            self.dataset_config()
+        except ValueError as e:
+            raise ValueError(f"data: {str(e).removeprefix('SFTDataConfig.')}") from None
+
+    def dataset_config(self) -> SFTDataConfig:
+        fields = {f.name for f in dataclasses.fields(SFTDataConfig)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+        values["paths"] = tuple(self.paths) or (f"synthetic:{self.synthetic}",)
+        values["validation_paths"] = tuple(self.validation_paths)
+        return SFTDataConfig(**values)
+
+
+@dataclasses.dataclass
+class SFTTrainingConfig:
+    """The schedule. `epochs` passes over the training examples (R1's distillation: 2-3), or exactly `steps`
+    optimizer steps when steps > 0; `batch_size` examples per optimizer step (global, over data-parallel ranks);
+    `micro_batch_size` rows per forward/backward; `max_tokens_per_micro_batch`: pack several examples into each
+    row up to that many tokens (null: one example per row, right-padded); validation loss every
+    `validate_every` steps and at the end (0: only at the end; no validation data: never)."""
+
+    epochs: float = 2.0
+    steps: int = 0
+    batch_size: int = 64
+    micro_batch_size: int = 1
+    max_tokens_per_micro_batch: int | None = 4096
+    validate_every: int = 0
+
+    def __post_init__(self):
+        if not self.epochs > 0 and not self.steps:
+            raise ValueError(f"training.epochs must be > 0 (or set training.steps), got {self.epochs!r}")
+        for name in ("steps", "validate_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"training.batch_size must be a positive integer, got {self.batch_size!r}")
+        try:
+            self.batching()
+        except ValueError as e:
+            raise ValueError(f"training.{e}") from None
+
+    def batching(self) -> Batching:
+        return Batching(self.micro_batch_size, self.max_tokens_per_micro_batch)
+
+
+def _sft_optimizer() -> OptimizerSettings:
+    """R1's distillation schedule shape: warmup, then cosine decay to a tenth of the peak over the run."""
+    return OptimizerSettings(lr=1e-5, min_lr=1e-6, warmup_steps=0, decay=LRDecay.COSINE, weight_decay=0.0)
+
+
+@dataclasses.dataclass
+class SFTRunConfig(RunConfig):
+    DEFAULT_RECIPE: ClassVar[Path] = Path(__file__).resolve().parent / "recipes" / "tiny_sft.yaml"
+
+    run_dir: str = "runs/sft"
+    model: ModelSourceConfig = dataclasses.field(default_factory=lambda: ModelSourceConfig(preset="tiny-dense"))
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=_sft_optimizer)
+    data: SFTDataSection = dataclasses.field(default_factory=lambda: SFTDataSection(synthetic="chat"))
+    training: SFTTrainingConfig = dataclasses.field(default_factory=SFTTrainingConfig)
+
+    def __post_init__(self):
+        budget = self.training.max_tokens_per_micro_batch
+        if budget is not None and budget < self.data.max_seq_len - 1:
+            raise ValueError(f"training.max_tokens_per_micro_batch={budget} is below data.max_seq_len="
+                             f"{self.data.max_seq_len} - 1: the longest example would not fit in a row")
