@@ -24,6 +24,15 @@ GPU_RECIPES = {  # recipe -> (model preset, world size)
     "moonlight-16b-a3b_2nodes.yaml": ("moonlight-16b-a3b", 16),
     "deepseek-v3-671b_r1zero_64nodes.yaml": ("deepseek-v3-671b", 512),
 }
+SFT_RECIPES = {  # `r1-megatron train sft` recipe -> (model preset, world size)
+    "distill_qwen2.5-math-1.5b_1node.yaml": ("qwen2.5-math-1.5b", 8),
+    "distill_qwen2.5-math-7b_1node.yaml": ("qwen2.5-math-7b", 8),
+    "distill_llama-3.1-8b_1node.yaml": ("llama-3.1-8b", 8),
+    "distill_qwen2.5-14b_2nodes.yaml": ("qwen2.5-14b", 16),
+    "distill_qwen2.5-32b_4nodes.yaml": ("qwen2.5-32b", 32),
+    "distill_llama-3.3-70b_8nodes.yaml": ("llama-3.3-70b", 64),
+    "deepseek-v3-671b_cold_start_64nodes.yaml": ("deepseek-v3-671b", 512),
+}
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -44,15 +53,48 @@ def config_error(path, overrides=(), cls=None) -> str:
 
 
 def test_examples_folder_has_every_recipe():
-    assert {p.name for p in EXAMPLES} == set(GPU_RECIPES)
+    assert {p.name for p in EXAMPLES} == set(GPU_RECIPES) | set(SFT_RECIPES)
+
+
+def _config_class(path):
+    from r1_megatron.sft.config import SFTRunConfig
+
+    return SFTRunConfig if path is not None and path.name in SFT_RECIPES else GRPORunConfig
 
 
 @pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: "tiny_demo" if p is None else p.name)
 def test_every_recipe_loads_and_round_trips(path, tmp_path):
-    cfg = load_run_config(path, [])
-    assert isinstance(cfg, GRPORunConfig)
+    cls = _config_class(path)
+    cfg = load_run_config(path, [], cls=cls)
+    assert isinstance(cfg, cls)
     dumped = write(tmp_path, dump_run_config(cfg), "config.yaml")
-    assert load_run_config(dumped, []) == cfg
+    assert load_run_config(dumped, [], cls=cls) == cfg
+
+
+@pytest.mark.parametrize("name", sorted(SFT_RECIPES))
+def test_sft_recipes_fit_their_world_size_and_use_r1s_settings(name):
+    from r1_megatron.models import preset
+    from r1_megatron.sft.config import SFTRunConfig
+
+    cfg = load_run_config(REPO / "examples" / name, [], cls=SFTRunConfig)
+    model, world = SFT_RECIPES[name]
+    assert cfg.parallel.data_parallel_size(world) >= 1
+    config = preset(model)
+    assert config.num_attention_heads % cfg.parallel.tp == 0 and config.num_layers % cfg.parallel.pp == 0
+    o = cfg.optimizer
+    assert o.decay.value == "cosine" and o.min_lr == pytest.approx(o.lr / 10) and o.distributed_optimizer
+    r1_lr = {"qwen2.5-math-1.5b": 1e-4, "qwen2.5-math-7b": 8e-5, "qwen2.5-14b": 7e-5, "qwen2.5-32b": 6e-5,
+             "llama-3.1-8b": 5e-5, "llama-3.3-70b": 2e-5}
+    if model in r1_lr:
+        assert o.lr == r1_lr[model] and 2 <= cfg.training.epochs <= 3 and cfg.data.template.value == "r1_distill"
+
+
+def test_the_sft_default_is_the_packaged_tiny_recipe():
+    from r1_megatron.sft.config import SFTRunConfig
+
+    cfg = load_run_config(None, [], cls=SFTRunConfig)
+    assert (cfg.model.preset, cfg.data.synthetic, cfg.training.max_tokens_per_micro_batch) == ("tiny-dense", "chat",
+                                                                                              256)
 
 
 def test_default_is_the_packaged_tiny_demo():

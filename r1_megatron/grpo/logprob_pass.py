@@ -8,7 +8,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from r1_megatron.kernels import token_logprobs
 from r1_megatron.training.micro_batch import MicroBatch
-from r1_megatron.training.model_forward import model_forward
+from r1_megatron.training.model_forward import model_forward, schedule_shape
 from r1_megatron.training.step import unwrap
 
 
@@ -36,7 +36,7 @@ def forward_logprobs(model, batches: list[MicroBatch], temperature: float) -> li
     try:
         collected = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(padded), model=[core], num_microbatches=len(padded),
-            seq_length=padded[0].shape[1], micro_batch_size=padded[0].shape[0],
+            seq_length=schedule_shape(padded[0])[0], micro_batch_size=schedule_shape(padded[0])[1],
             forward_only=True, collect_non_loss_data=True)
     finally:
         core.train(was_training)

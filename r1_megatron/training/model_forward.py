@@ -21,6 +21,19 @@ from r1_megatron.models.packed import block_causal_mask, packed_rotary, position
 from r1_megatron.training.micro_batch import MicroBatch
 
 
+def _half_precision_kwargs(model) -> dict:
+    """Megatron's Float16Module (bf16/fp16 models) upcasts the last stage's output to fp32 by default: a full
+    fp32 [B, T, V] copy of the logits. The losses read the logits in their own dtype (the fused kernels keep
+    per-token fp32 state only), so the copy is skipped."""
+    from megatron.core.transformer.module import Float16Module
+
+    while hasattr(model, "module"):
+        if isinstance(model, Float16Module):
+            return {"fp32_output": False}
+        model = model.module
+    return {}
+
+
 def _core(model):
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(model, "module"):
@@ -42,24 +55,25 @@ def schedule_shape(mb: MicroBatch) -> tuple[int, int]:
 
 def model_forward(model, mb: MicroBatch):
     """model(...) for `mb`: logits [B, T, V_local] on the last pipeline stage, hidden states elsewhere."""
+    kwargs = _half_precision_kwargs(model)
     if not mb.packed:
-        return model(mb.input_ids, mb.positions(), None)
+        return model(mb.input_ids, mb.positions(), None, **kwargs)
     core = _core(model)
     positions_BT = mb.position_ids if mb.position_ids is not None else positions_from_segments(mb.segment_ids)
     _check_packed(core.config, mb, positions_BT, thd=uses_thd(mb))
     if uses_thd(mb):
-        return _thd_forward(model, core, mb, positions_BT)
+        return _thd_forward(model, core, mb, positions_BT, kwargs)
     with packed_rotary(positions_BT):
-        return model(mb.input_ids, positions_BT, block_causal_mask(mb.segment_ids))
+        return model(mb.input_ids, positions_BT, block_causal_mask(mb.segment_ids), **kwargs)
 
 
-def _thd_forward(model, core, mb: MicroBatch, positions_BT):
+def _thd_forward(model, core, mb: MicroBatch, positions_BT, kwargs: dict):
     """Written from megatron-core 0.16.1's THD path (GPTModel, attention, rope utils); tested on CPU with a test
     double of TE's varlen attention, not with TE itself. Megatron's THD rotary takes each token's position from
     cu_seqlens (0 at every segment start), so `positions_BT` must restart at each segment, as packing makes it."""
     B, T = mb.shape
     out = model(mb.input_ids.reshape(1, B * T), positions_BT.reshape(1, B * T), None,
-                packed_seq_params=thd_params(mb.segment_ids))
+                packed_seq_params=thd_params(mb.segment_ids), **kwargs)
     return out.view(B, T, -1) if core.post_process else out  # logits [1, B·T, V] -> [B, T, V]
 
 

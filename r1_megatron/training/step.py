@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from r1_megatron.training.micro_batch import MicroBatch
-from r1_megatron.training.model_forward import model_forward
+from r1_megatron.training.model_forward import model_forward, schedule_shape
 
 LossFn = Callable[[torch.Tensor, MicroBatch], tuple[torch.Tensor, torch.Tensor]]
 
@@ -102,10 +102,12 @@ def _run_schedule(ddp_model, micro_batches: list[MicroBatch], loss_fn: LossFn, *
     config = ddp_model.config
     if config.sequence_parallel:
         micro_batches = [mb.pad_to_multiple(config.tensor_model_parallel_size) for mb in micro_batches]
-    B, T = _check_micro_batches(micro_batches)
+    _check_micro_batches(micro_batches)
+    seq_length, batch = schedule_shape(micro_batches[0])  # what pipeline stages pass each other
     return get_forward_backward_func()(
         forward_step_func=_forward_step(loss_fn), data_iterator=iter(micro_batches), model=[ddp_model],
-        num_microbatches=len(micro_batches), seq_length=T, micro_batch_size=B, forward_only=forward_only)
+        num_microbatches=len(micro_batches), seq_length=seq_length, micro_batch_size=batch,
+        forward_only=forward_only)
 
 
 @torch.no_grad()

@@ -216,3 +216,21 @@ def test_algorithm_variants_run(initial_model, tmp_path):
         assert 0 < m["rollout/groups_kept"] <= 1  # only groups whose rewards differ were kept
         assert m["mismatch/max"] <= 1e-5  # recomputed old logprobs equal the engine's
         assert m["grad_norm"] > 0
+
+
+def test_the_warm_start_trains_on_a_prompt_files_reference_answers(initial_model, tmp_path, capsys):
+    """The warm start is an SFT stage on any Task: with prompt files (no held-out set) it trains max_steps steps
+    on their (prompt, reference answer) pairs; it used to divide by zero on the empty held-out set."""
+    from r1_megatron.data.synthetic import arithmetic_problems, build_arithmetic_tokenizer
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_problems(40, seed=3)))
+    cfg = tiny_run(tmp_path / "run", initial_model, steps=1)
+    cfg.data = DataConfig(paths=[str(prompts)], template="raw", answer_format="raw",
+                          tokenizer=build_arithmetic_tokenizer(tmp_path / "tok"))
+    cfg.warm_start = WarmStartConfig(max_steps=3, batch_size=8, lr=1e-3)
+    trainer = GRPOTrainer(cfg)
+    assert "warm start: 3 SFT steps (no held-out examples to stop on)" in capsys.readouterr().out
+    assert trainer.warm_start.metrics == {"warm_start/steps": 3}
+    trainer.train()
+    assert metrics(tmp_path / "run")[0]["warm_start/steps"] == 3
