@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from r1_megatron.data.prompt_dataset import PromptDataset, PromptSample
+from r1_megatron.data.prompt_dataset import PromptSample
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.sft.step import Batching, sft_step
 from r1_megatron.task import Task
@@ -32,25 +32,26 @@ def greedy_accuracy(engine: Engine, task: Task, samples: list[PromptSample]) -> 
 
 
 class WarmStartExamples:
-    """The warm start's training examples: fresh problems from a synthetic task's generator, else the task's
-    prompts in their own seeded order (independent of the RL prompt order)."""
+    """The warm start's training examples: fresh problems from a synthetic task's generator, else the task's own
+    examples (already rendered, with their final reference answers) in a seeded order of their own, so the RL
+    prompt order is untouched."""
 
     def __init__(self, task: Task, seed: int):
-        self.task = task
+        self.task, self.seed = task, seed
         self.rng = random.Random(f"warm-start:{seed}")
-        self.dataset = None if task.generator else PromptDataset(task.dataset.config, task.tokenizer,
-                                                                 records=_records(task.dataset))
+        self.epoch, self.order = 0, []
 
     def next_batch(self, n: int) -> list[PromptSample]:
-        if self.dataset is not None:
-            return self.dataset.next_batch(n)
-        return self.task.samples(self.task.generator(n, self.rng.getrandbits(63)), source="warm start")
-
-
-def _records(dataset: PromptDataset):
-    # the samples are already validated and rendered; re-reading the files would count their problems twice
-    for i, s in enumerate(dataset.samples, start=1):
-        yield s.source, i, {"question": s.question, "answer": s.answer}
+        if self.task.generator is not None:
+            return self.task.samples(self.task.generator(n, self.rng.getrandbits(63)), source="warm start")
+        batch = []
+        while len(batch) < n:
+            if not self.order:
+                self.order = list(range(len(self.task.dataset.samples)))
+                random.Random(f"warm-start:{self.seed}:{self.epoch}").shuffle(self.order)
+                self.epoch += 1
+            batch.append(self.task.dataset.samples[self.order.pop()])
+        return batch
 
 
 def warm_start(cfg: GRPORunConfig, run: Run, engine: Engine, task: Task) -> dict:

@@ -223,11 +223,12 @@ def test_the_warm_start_trains_on_a_prompt_files_reference_answers(initial_model
     on their (prompt, reference answer) pairs; it used to divide by zero on the empty held-out set."""
     from r1_megatron.data.synthetic import arithmetic_problems, build_arithmetic_tokenizer
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_problems(40, seed=3)))
+    prompts = tmp_path / "prompts.jsonl"  # GSM8K-style solutions under other field names
+    prompts.write_text("".join(json.dumps({"problem": r["question"], "solution": f"{r['answer']}=\n#### {r['answer']}"})
+                               + "\n" for r in arithmetic_problems(40, seed=3)))
     cfg = tiny_run(tmp_path / "run", initial_model, steps=1)
-    cfg.data = DataConfig(paths=[str(prompts)], template="raw", answer_format="raw",
-                          tokenizer=build_arithmetic_tokenizer(tmp_path / "tok"))
+    cfg.data = DataConfig(paths=[str(prompts)], template="raw", question_field="problem", answer_field="solution",
+                          answer_format="gsm8k", tokenizer=build_arithmetic_tokenizer(tmp_path / "tok"))
     cfg.warm_start = WarmStartConfig(max_steps=3, batch_size=8, lr=1e-3)
     trainer = GRPOTrainer(cfg)
     assert "warm start: 3 SFT steps (no held-out examples to stop on)" in capsys.readouterr().out
