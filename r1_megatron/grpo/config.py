@@ -110,7 +110,9 @@ class AlgorithmConfig:
     the reference becomes the current policy every K steps; dynamic_sampling (DAPO): drop groups whose rewards are
     all equal and sample more prompts, up to dynamic_sampling_rounds extra rounds; mask_truncated: completions that
     hit max_new_tokens get no loss; recompute_old_logprobs: a forward pass gives the old-policy log-probabilities
-    instead of the engine's (which are the same weights, so equal up to reduction order)."""
+    instead of the engine's (which are the same weights, so equal up to reduction order);
+    max_tokens_per_micro_batch: pack several sequences into each of the micro-batch's micro_batch_size rows, up to
+    that many tokens per row (null: one sequence per row, right-padded to the step's longest)."""
 
     kl_coef: float = 0.001
     kl_estimator: str = "k3"
@@ -129,9 +131,14 @@ class AlgorithmConfig:
     dynamic_sampling_rounds: int = 3
     mask_truncated: bool = False
     recompute_old_logprobs: bool = False
+    max_tokens_per_micro_batch: int | None = None
 
     def __post_init__(self):
         self.loss_config(1)  # validates the loss fields with their names
+        budget = self.max_tokens_per_micro_batch
+        if budget is not None and (not isinstance(budget, int) or budget < 2):
+            raise ValueError(f"algorithm.max_tokens_per_micro_batch must be an integer >= 2 (or null: no packing), "
+                             f"got {budget!r}")
         parse_enum(AdvantageStd, self.advantage_std, "algorithm.advantage_std")
         _positive("algorithm", mini_batches=self.mini_batches, epochs=self.epochs,
                   micro_batch_size=self.micro_batch_size)

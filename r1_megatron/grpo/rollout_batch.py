@@ -4,6 +4,7 @@ mini-batches (one optimizer step each) of micro-batches (one forward/backward ea
 Sequence i is x = prompt_i + completion_i; its micro-batch row holds input x[:-1] and labels x[1:], right-padded;
 loss_mask is 1 exactly at the positions whose label is a completion token, so prompts and padding are never
 trained on. Every micro-batch of a step is padded to the same [B, T] (Megatron's pipeline schedule needs one shape).
+With algorithm.max_tokens_per_micro_batch the sequences are packed instead, several per row (packed_micro_batches).
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import dataclasses
 
 import torch
 
+from r1_megatron.kernels.options import LossAgg
 from r1_megatron.training.micro_batch import MicroBatch
+from r1_megatron.training.packing import TrainSequence, pack_batches
 
 
 @dataclasses.dataclass
@@ -74,3 +77,26 @@ def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, ma
 def empty_micro_batch(batch: int, seq_len: int) -> MicroBatch:
     """A micro-batch with no loss tokens (zero gradient): keeps ranks' forward counts equal (MoE all-to-all)."""
     return _micro_batch([None] * batch, seq_len, pad_id=0, mask_truncated=False)
+
+
+def packed_micro_batches(samples: list[RolloutSample], rows: int, max_tokens: int, *, pad_id: int,
+                         mask_truncated: bool, loss_agg: LossAgg, norm_length: int) -> list[MicroBatch]:
+    """Several sequences per row of `max_tokens` positions (training/packing.py), `rows` rows per micro-batch.
+    Per label position: loss_mask the weight of the token in its aggregation (policy_loss.py), extras
+    old_logprobs, advantages and units (Σ units = the micro-batch's unit count)."""
+    seqs = [_train_sequence(s, mask_truncated, loss_agg, norm_length) for s in samples]
+    if not seqs:  # a rank with no groups this step (dynamic sampling): one empty row
+        seqs = [TrainSequence([pad_id, pad_id], [0.0], {k: [0.0] for k in ("old_logprobs", "advantages", "units")})]
+    return pack_batches(seqs, max_tokens, pad_id, rows=rows)
+
+
+def _train_sequence(s: RolloutSample, mask_truncated: bool, agg: LossAgg, norm_length: int) -> TrainSequence:
+    first, n = len(s.prompt_ids) - 1, len(s.completion_ids)  # label position of the first completion token
+    counted = 0.0 if (mask_truncated and s.truncated) else 1.0
+    weight = counted / max(n, 1) if agg is LossAgg.SEQ_MEAN_TOKEN_MEAN else counted
+    unit = {LossAgg.TOKEN_MEAN: 0.0, LossAgg.SEQ_MEAN_TOKEN_MEAN: counted, LossAgg.SEQ_MEAN_TOKEN_SUM: 1.0,
+            LossAgg.SEQ_MEAN_TOKEN_SUM_NORM: float(norm_length)}[agg]
+    units = [0.0] * first + ([counted] * n if agg is LossAgg.TOKEN_MEAN else [unit] + [0.0] * (n - 1))
+    return TrainSequence(s.prompt_ids + s.completion_ids, [0.0] * first + [weight] * n,
+                         {"old_logprobs": [0.0] * first + list(s.rollout_logprobs),
+                          "advantages": [s.advantage] * (first + n), "units": units})

@@ -8,27 +8,28 @@ trains the same rows together.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
 
-from r1_megatron.kernels import group_advantages, grpo_loss
-from r1_megatron.kernels.options import LossAgg
+from r1_megatron.kernels import group_advantages
 from r1_megatron.rewards.runner import RewardConfig, RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.runtime import world_max
 from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.offload import HostOffload
+from r1_megatron.training.packing import extend_to
 from r1_megatron.training.run import Run
 from r1_megatron.training.step import train_step
 from r1_megatron.training.step_stats import StepStats
 
 from .config import GRPORunConfig
-from .logprob_pass import forward_logprobs, tensor_parallel_group
+from .logprob_pass import forward_logprobs
+from .policy_loss import policy_loss_fn
 from .reference import ReferenceModel
 from .reward_health import RewardHealth
-from .rollout_batch import RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, split_parts
+from .rollout_batch import (RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, packed_micro_batches,
+                            split_parts)
 from .task import build_task, sample_seed
 from .warm_start import warm_start
 
@@ -155,13 +156,8 @@ class GRPOTrainer:
         """Mini-batches of micro-batches, the same count and [B, T] shape on every rank; old-policy and reference
         log-probabilities filled in."""
         cfg = self.cfg
-        seq_len = world_max(max((len(s.prompt_ids) + len(s.completion_ids) - 1 for s in samples), default=1))
-        minis = [micro_batches(part, cfg.algorithm.micro_batch_size, seq_len, pad_id=self.task.tokenizer.pad_token_id,
-                               mask_truncated=cfg.algorithm.mask_truncated)
-                 for part in mini_batch_parts(samples, cfg.algorithm.mini_batches)]
-        count = world_max(max(len(m) for m in minis))
-        for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
-            m.extend(empty_micro_batch(cfg.algorithm.micro_batch_size, seq_len) for _ in range(count - len(m)))
+        parts = mini_batch_parts(samples, cfg.algorithm.mini_batches)
+        minis = self._packed(parts) if cfg.algorithm.max_tokens_per_micro_batch else self._padded(parts)
         device = self.engine.device
         minis = [[mb.to(device) for mb in m] for m in minis]
         flat = [mb for m in minis for mb in m]
@@ -175,6 +171,25 @@ class GRPOTrainer:
                 mb.extras["ref_logprobs"] = ref_BT
         stats.add("time/logprobs", time.perf_counter() - t0)
         return minis
+
+    def _padded(self, parts: list[list[RolloutSample]]) -> list[list[MicroBatch]]:
+        a = self.cfg.algorithm
+        seq_len = world_max(max((len(s.prompt_ids) + len(s.completion_ids) - 1 for p in parts for s in p),
+                                default=1))
+        minis = [micro_batches(part, a.micro_batch_size, seq_len, pad_id=self.task.tokenizer.pad_token_id,
+                               mask_truncated=a.mask_truncated) for part in parts]
+        count = world_max(max(len(m) for m in minis))
+        for m in minis:  # ranks with fewer sequences (dynamic sampling) run empty micro-batches
+            m.extend(empty_micro_batch(a.micro_batch_size, seq_len) for _ in range(count - len(m)))
+        return minis
+
+    def _packed(self, parts: list[list[RolloutSample]]) -> list[list[MicroBatch]]:
+        a, pad_id = self.cfg.algorithm, self.task.tokenizer.pad_token_id
+        minis = [packed_micro_batches(part, a.micro_batch_size, a.max_tokens_per_micro_batch, pad_id=pad_id,
+                                      mask_truncated=a.mask_truncated, loss_agg=a.loss_config(1).loss_agg,
+                                      norm_length=self.cfg.rollout.max_new_tokens) for part in parts]
+        count = world_max(max(len(m) for m in minis))  # equal counts on every rank (expert-parallel all-to-alls)
+        return [extend_to(m, count, pad_id) for m in minis]
 
     def update(self, minis: list[list[MicroBatch]], stats: StepStats) -> None:
         """μ epochs over the mini-batches, one optimizer step each, through Megatron's schedule."""
@@ -191,25 +206,18 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------- the loss
 
     def _loss_fn(self, stats: StepStats, on_policy: bool):
-        """(Σ over units of the GRPO loss, units): Megatron divides the gradient by the global unit count, so every
-        aggregation mode is normalised over the whole mini-batch, across micro-batches and data-parallel ranks."""
+        """The GRPO loss of each micro-batch (policy_loss.py), logging the kernel's KL, clip fraction and entropy
+        (means over the loss tokens, weighted by the loss mask) and, on policy, the train/rollout mismatch."""
         loss_cfg = self.cfg.algorithm.loss_config(norm_length=self.cfg.rollout.max_new_tokens)
-        kwargs = {f.name: getattr(loss_cfg, f.name) for f in dataclasses.fields(loss_cfg)}
-        kwargs["temperature"] = self.cfg.rollout.temperature
 
-        def loss_fn(logits_BTV, batch: MicroBatch):
-            extras = batch.extras
-            loss, out = grpo_loss(logits_BTV, batch.labels, extras["old_logprobs"], extras.get("ref_logprobs"),
-                                  extras["advantages"], batch.loss_mask, tp_group=tensor_parallel_group(),
-                                  **kwargs)
-            tokens = float(batch.loss_mask.sum())
+        def record(batch: MicroBatch, out: dict) -> None:
+            tokens = float((batch.loss_mask > 0).sum())
             for name in ("kl", "clip_frac", "entropy"):
                 stats.add(f"loss/{name}", float(out[name]), tokens)
             if on_policy:
                 self._mismatch(stats, out["logp"], batch)
-            return loss, _units(loss_cfg.loss_agg, batch, loss_cfg.norm_length).to(loss.device)
 
-        return loss_fn
+        return policy_loss_fn(loss_cfg, self.cfg.rollout.temperature, record)
 
     def _mismatch(self, stats: StepStats, train_logp_BT, batch) -> None:
         """|train-forward logprob − rollout logprob| over loss tokens (on-policy, same weights: ~1e-6 in fp32)."""
@@ -283,14 +291,3 @@ def reward_inputs(tokenizer, prompts, completions) -> tuple[list[str], list[dict
     samples = [{**prompts[c.prompt_index].reward_sample(), "finish_reason": c.finish_reason.value}
                for c in completions]
     return texts, samples
-
-
-def _units(agg: LossAgg, batch: MicroBatch, norm_length: int) -> torch.Tensor:
-    """The count that the summed loss of a micro-batch is divided by, globally (see AlgorithmConfig.loss_agg)."""
-    mask_BT = batch.loss_mask
-    if agg is LossAgg.TOKEN_MEAN:
-        return mask_BT.sum()
-    if agg is LossAgg.SEQ_MEAN_TOKEN_MEAN:
-        return (mask_BT.sum(dim=1) > 0).sum()
-    rows = batch.extras["valid"].sum()
-    return rows * norm_length if agg is LossAgg.SEQ_MEAN_TOKEN_SUM_NORM else rows
