@@ -235,3 +235,18 @@ def test_the_warm_start_trains_on_a_prompt_files_reference_answers(initial_model
     assert trainer.warm_start.metrics == {"warm_start/steps": 3}
     trainer.train()
     assert metrics(tmp_path / "run")[0]["warm_start/steps"] == 3
+
+
+def test_packed_training_passes_match_padded_rows_with_reference_and_recompute(initial_model, tmp_path):
+    """The whole step on packed rows (reference log-probs, recomputed old log-probs, the update): step 1 sees the
+    same rollout, so its loss, gradient norm and KL equal the padded run's within reduction-order noise."""
+    runs = {}
+    for name, budget in (("padded", None), ("packed", 16)):
+        cfg = tiny_run(tmp_path / name, initial_model, steps=1, loss_agg="token-mean", recompute_old_logprobs=True,
+                       max_tokens_per_micro_batch=budget)
+        GRPOTrainer(cfg).train()
+        runs[name] = metrics(tmp_path / name)[0]
+    padded, packed = runs["padded"], runs["packed"]
+    assert packed["reward/total_mean"] == padded["reward/total_mean"]  # same rollout
+    for key in ("loss/total", "grad_norm", "loss/kl", "loss/entropy", "mismatch/mean"):
+        assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
