@@ -471,3 +471,20 @@ def test_r1_stage_one_clip_of_ten_is_accepted():
     cfg = load_run_config(None, ["algorithm.clip_eps_low=10"])
     assert cfg.algorithm.loss_config(1).clip_low == -9.0 and cfg.algorithm.loss_config(1).clip_high == 11.0
     assert config_error(None, ["algorithm.clip_eps_low=-1"]).endswith("clip_eps_low=-1.0: must be a finite number >= 0")
+
+
+def test_launch_scripts_run_sft_recipes(tmp_path):
+    env = stub_bin(tmp_path)
+    recipe = "examples/distill_qwen2.5-math-7b_1node.yaml"
+    result = run_script(["examples/launch_1node.sh", recipe], {**env, "ALGORITHM": "sft"})
+    assert result.returncode == 0, result.stderr
+    assert Path(env["STUB_OUT"]).read_text().split("\n")[4:8] == ["train", "sft", "--config", recipe]
+    slurm = {**env, "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "ALGORITHM": "sft"}
+    recipe = "examples/distill_qwen2.5-14b_2nodes.yaml"
+    result = run_script(["examples/launch_slurm.sbatch", recipe, f"run_dir={tmp_path / 'run'}"], slurm)
+    assert result.returncode == 0, result.stderr
+    assert "train\nsft\n--config\n" + recipe in Path(env["STUB_OUT"]).read_text()
+    result = run_script(["examples/launch_slurm.sbatch", recipe, "training.epochz=2"], slurm)
+    assert result.returncode != 0 and "unknown key 'training.epochz'" in result.stderr
+    result = run_script(["examples/launch_slurm.sbatch", recipe], {**slurm, "ALGORITHM": "ppo"})
+    assert result.returncode != 0 and "ALGORITHM='ppo': expected one of grpo, sft" in result.stderr
