@@ -3,7 +3,7 @@
     cfg = load_run_config("examples/qwen2.5-math-7b_1node.yaml", ["algorithm.kl_coef=0.01", "data.paths=[a.jsonl]"])
     (run_dir / "config.yaml").write_text(dump_run_config(cfg))      # loads back to an equal config
 
-The dataclass tree is built from the type hints (nested and frozen dataclasses, `X | None`, `list[X]`,
+The dataclass tree is built from the type hints (nested and frozen dataclasses, `X | None`, `list[X]`, `tuple[X, ...]`,
 `dict[K, V]`, enums by value, `Any`); values are checked strictly (an int field refuses 2.0, "2" and true) so a
 typo fails here, not hours into a run. Every problem is one `ConfigError` line naming where it came from
 (`recipe.yaml:12`, or `command line`) and the dotted key.
@@ -209,6 +209,8 @@ class _Builder:
             return self.build(tp, {} if value is None else value, key)  # an empty section: the defaults
         if origin is list:
             return self.sequence(args[0] if args else Any, value, key)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list, kept immutable
+            return tuple(self.sequence(args[0], value, key))
         if origin is dict:
             return self.mapping(args or (Any, Any), value, key)
         if isinstance(tp, type) and issubclass(tp, enum.Enum):

@@ -488,3 +488,14 @@ def test_launch_scripts_run_sft_recipes(tmp_path):
     assert result.returncode != 0 and "unknown key 'training.epochz'" in result.stderr
     result = run_script(["examples/launch_slurm.sbatch", recipe], {**slurm, "ALGORITHM": "ppo"})
     assert result.returncode != 0 and "ALGORITHM='ppo': expected one of grpo, sft" in result.stderr
+
+
+def test_every_sft_dataset_option_is_a_run_config_key():
+    from r1_megatron.sft.config import SFTRunConfig
+
+    cfg = load_run_config(None, ["data.end_of_turn_token=<|endoftext|>", "data.shuffle=false",
+                                 "data.validation_fraction=0.0"], cls=SFTRunConfig)
+    dataset = cfg.data.dataset_config()
+    assert (dataset.end_of_turn_token, dataset.shuffle, dataset.paths) == ("<|endoftext|>", False, ("synthetic:chat",))
+    assert config_error(None, ["data.max_seq_len=1"], cls=SFTRunConfig) == \
+        "command line: data.max_seq_len must be >= 2, got 1"

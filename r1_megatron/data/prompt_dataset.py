@@ -4,11 +4,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-import random
 from typing import Any, Iterable, Sequence
 
 from r1_megatron.tokenizer import Tokenizer
 
+from .epoch_order import EpochOrder
 from .answer_format import AnswerFormat, UnreadableAnswer, reference_answer, resolve_answer_format
 from .records import DataError, read_records
 from .templates import PromptTemplate, render_prompt
@@ -85,8 +85,7 @@ class PromptDataset:
         self.samples: list[PromptSample] = [s for s in (self._sample(*r) for r in source) if s is not None]
         if not self.samples:
             raise ValueError(f"PromptDataset: no usable prompts in {list(config.paths)} (stats: {dict(self.stats)})")
-        self._epoch, self._position = 0, 0
-        self._order = self._permutation(0)
+        self.order = EpochOrder(len(self.samples), config.seed, config.shuffle)
 
     @classmethod
     def from_records(cls, records: Sequence[dict[str, Any]], config: PromptDataConfig,
@@ -169,25 +168,12 @@ class PromptDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(len(self.samples)))
-        if self.config.shuffle:
-            random.Random(f"{self.config.seed}:{epoch}").shuffle(order)
-        return order
-
     def next_batch(self, n: int) -> list[PromptSample]:
         """The next ``n`` samples; crosses epoch boundaries (a new permutation each epoch)."""
-        batch = []
-        while len(batch) < n:
-            if self._position == len(self._order):
-                self._epoch, self._position = self._epoch + 1, 0
-                self._order = self._permutation(self._epoch)
-            batch.append(self.samples[self._order[self._position]])
-            self._position += 1
-        return batch
+        return [self.samples[i] for i in self.order.take(n)]
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "position": self._position, "seed": self.config.seed,
+        return {"epoch": self.order.epoch, "position": self.order.position, "seed": self.config.seed,
                 "num_samples": len(self.samples)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -196,8 +182,7 @@ class PromptDataset:
             raise ValueError(f"PromptDataset.load_state_dict: state is for seed {state['seed']} and "
                              f"{state['num_samples']} samples; this dataset has seed {self.config.seed} and "
                              f"{len(self.samples)} samples")
-        self._epoch, self._position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self._epoch)
+        self.order.load(state["epoch"], state["position"])
 
 
 class _Skip(Exception):

@@ -32,6 +32,7 @@ import numpy as np
 
 from r1_megatron.tokenizer import Tokenizer
 
+from .epoch_order import EpochOrder
 from .chat_render import COLD_START_SEPARATOR, ROLES, ChatRenderer, Message, RenderError, SFTTemplate
 from .prompt_dataset import OnError
 from .records import DataError, read_records
@@ -75,12 +76,15 @@ class SFTDataConfig:
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, (getattr(self, name),))
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.paths:
-            raise ValueError("SFTDataConfig.paths must name at least one file")
+        self._check_paths()
         for name, kind in (("format", SFTFormat), ("template", SFTTemplate), ("overlong", Overlong),
                            ("on_error", OnError)):
             object.__setattr__(self, name, _enum_field(name, kind, getattr(self, name)))
         self._check_values()
+
+    def _check_paths(self) -> None:
+        if not self.paths:
+            raise ValueError("SFTDataConfig.paths must name at least one file")
 
     def _check_values(self) -> None:
         if not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
@@ -292,8 +296,7 @@ class SFTDataset:
         self._stored, self.config, self.split = [_Stored.of(e) for e in examples], config, split
         self.stats = stats if stats is not None else collections.Counter(kept=len(self._stored))
         self._fingerprint = hashlib.sha1("\n".join(e.summary() for e in self._stored).encode()).hexdigest()[:16]
-        self._epoch, self._position = 0, 0
-        self._order = self._permutation(0)
+        self._order = EpochOrder(len(self._stored), config.seed, config.shuffle)
 
     def __len__(self) -> int:
         return len(self._stored)
@@ -313,29 +316,16 @@ class SFTDataset:
     @property
     def epoch(self) -> int:
         """The epoch the next example comes from (0-based)."""
-        return self._epoch + (self._position == len(self._order))
+        return self._order.epoch + (self._order.position == self._order.n)
 
     @property
     def epoch_progress(self) -> float:
         """Epochs served so far, fractional (1.5: one epoch and half of the next)."""
-        return self._epoch + self._position / len(self._order)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(len(self._stored)))
-        if self.config.shuffle:
-            random.Random(f"{self.config.seed}:{epoch}").shuffle(order)
-        return order
+        return self._order.progress
 
     def next_batch(self, n: int) -> list[SFTExample]:
         """The next ``n`` examples; a batch that ends an epoch continues into the next (a new permutation)."""
-        batch = []
-        while len(batch) < n:
-            if self._position == len(self._order):
-                self._epoch, self._position = self._epoch + 1, 0
-                self._order = self._permutation(self._epoch)
-            batch.append(self._stored[self._order[self._position]].example())
-            self._position += 1
-        return batch
+        return [self._stored[i].example() for i in self._order.take(n)]
 
     def iter_batches(self, n: int) -> Iterator[list[SFTExample]]:
         """One pass over all examples in file order, ``n`` at a time (the last batch may be short); the training
@@ -344,7 +334,7 @@ class SFTDataset:
             yield [e.example() for e in self._stored[start:start + n]]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "position": self._position, "seed": self.config.seed,
+        return {"epoch": self._order.epoch, "position": self._order.position, "seed": self.config.seed,
                 "num_examples": len(self._stored), "fingerprint": self._fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -356,8 +346,7 @@ class SFTDataset:
             ours = ", ".join(f"{k} {mine[k]!r}" for k in differs)
             raise ValueError(f"SFTDataset.load_state_dict: the state is for {theirs}; this dataset has {ours} (the "
                              f"data files, tokenizer, template or max_seq_len changed)")
-        self._epoch, self._position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self._epoch)
+        self._order.load(state["epoch"], state["position"])
 
     def notes(self) -> list[str]:
         """One line per thing building the examples skipped, cut or dropped, for the run's start-up output (in

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from r1_megatron.data.epoch_order import EpochOrder
 from r1_megatron.data.prompt_dataset import PromptSample
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.sft.step import Batching, sft_step
@@ -37,21 +38,14 @@ class WarmStartExamples:
     prompt order is untouched."""
 
     def __init__(self, task: Task, seed: int):
-        self.task, self.seed = task, seed
+        self.task = task
         self.rng = random.Random(f"warm-start:{seed}")
-        self.epoch, self.order = 0, []
+        self.order = None if task.generator else EpochOrder(len(task.dataset.samples), f"warm-start:{seed}")
 
     def next_batch(self, n: int) -> list[PromptSample]:
-        if self.task.generator is not None:
+        if self.order is None:
             return self.task.samples(self.task.generator(n, self.rng.getrandbits(63)), source="warm start")
-        batch = []
-        while len(batch) < n:
-            if not self.order:
-                self.order = list(range(len(self.task.dataset.samples)))
-                random.Random(f"warm-start:{self.seed}:{self.epoch}").shuffle(self.order)
-                self.epoch += 1
-            batch.append(self.task.dataset.samples[self.order.pop()])
-        return batch
+        return [self.task.dataset.samples[i] for i in self.order.take(n)]
 
 
 def warm_start(cfg: GRPORunConfig, run: Run, engine: Engine, task: Task) -> dict:

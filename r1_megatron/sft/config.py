@@ -7,10 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
-from r1_megatron.data.chat_render import SFTTemplate
-from r1_megatron.data.prompt_dataset import OnError
-from r1_megatron.data.sft_dataset import COLD_START_SEPARATOR, Overlong, SFTDataConfig, SFTFormat
-from r1_megatron.kernels.options import parse_enum
+from r1_megatron.data.sft_dataset import SFTDataConfig
 from r1_megatron.models.source import ModelSourceConfig
 from r1_megatron.sft.step import Batching
 from r1_megatron.training.optimizer import LRDecay, OptimizerSettings
@@ -19,52 +16,36 @@ from r1_megatron.training.run_sections import RunConfig
 SYNTHETIC = ("chat",)  # built-in data: r1_megatron/data/synthetic_chat.py
 
 
-@dataclasses.dataclass
-class SFTDataSection:
-    """Conversations from JSONL/Parquet files (`paths`; docs/sft_data.md has the formats), or the built-in
-    synthetic chats (`synthetic: chat`, `num_synthetic` of them, with their own character tokenizer). The
-    tokenizer comes from `tokenizer` (a directory), else from model.path. Validation: `validation_paths`, or a
-    held-out `validation_fraction` of the training examples."""
+@dataclasses.dataclass(frozen=True)
+class SFTDataSection(SFTDataConfig):
+    """The dataset's own config (data/sft_dataset.py: formats, fields, template, max_seq_len, overlong, on_error,
+    validation, ...; docs/sft_data.md) with conversation files in `paths`, or the built-in synthetic chats
+    (`synthetic: chat`, `num_synthetic` of them, with their own character tokenizer). The tokenizer comes from
+    `tokenizer` (a directory), else from model.path."""
 
-    paths: list[str] = dataclasses.field(default_factory=list)
+    paths: tuple[str, ...] = ()
     synthetic: str | None = None
     num_synthetic: int = 64
-    format: SFTFormat = SFTFormat.AUTO
-    messages_field: str = "messages"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    reasoning_field: str | None = "reasoning"
-    system_field: str | None = None
-    template: SFTTemplate = SFTTemplate.CHAT
-    cold_start_separator: str = COLD_START_SEPARATOR
-    max_seq_len: int = 4096
-    overlong: Overlong = Overlong.TRUNCATE
-    on_error: OnError = OnError.RAISE
-    validation_paths: list[str] = dataclasses.field(default_factory=list)
-    validation_fraction: float = 0.0
     tokenizer: str | None = None
-    seed: int = 0
 
     def __post_init__(self):
         if bool(self.paths) == (self.synthetic is not None):
             raise ValueError(f"data: set exactly one of data.paths (conversation files) and data.synthetic, got "
-                             f"paths={self.paths!r}, synthetic={self.synthetic!r}")
+                             f"paths={list(self.paths)!r}, synthetic={self.synthetic!r}")
         if self.synthetic not in (None, *SYNTHETIC):
             raise ValueError(f"data.synthetic must be one of {', '.join(SYNTHETIC)}, got {self.synthetic!r}")
-        for name, kind in (("format", SFTFormat), ("template", SFTTemplate), ("overlong", Overlong),
-                           ("on_error", OnError)):
-            setattr(self, name, parse_enum(kind, getattr(self, name), f"data.{name}"))
         try:
-            self.dataset_config()
-        except ValueError as e:
-            raise ValueError(f"data: {str(e).removeprefix('SFTDataConfig.')}") from None
+            super().__post_init__()
+        except ValueError as e:  # in the run config's terms: data.max_seq_len, not SFTDataConfig.max_seq_len
+            raise ValueError(str(e).replace("SFTDataConfig.", "data.").replace("SFTDataConfig:", "data:")) from None
+
+    def _check_paths(self) -> None:
+        pass  # checked above: files or the synthetic chats
 
     def dataset_config(self) -> SFTDataConfig:
-        fields = {f.name for f in dataclasses.fields(SFTDataConfig)}
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
-        values["paths"] = tuple(self.paths) or (f"synthetic:{self.synthetic}",)
-        values["validation_paths"] = tuple(self.validation_paths)
-        return SFTDataConfig(**values)
+        """The dataset's config: these fields, with the synthetic chats named as the source."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SFTDataConfig)}
+        return SFTDataConfig(**values | {"paths": self.paths or (f"synthetic:{self.synthetic}",)})
 
 
 @dataclasses.dataclass
