@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .softmax_stats_triton import VocabLaunch, _combine_partials, vocab_partials
+from .softmax_stats_triton import VocabLaunch, _combine_partials, _write_logp_grad_row, vocab_partials
 from .vocab_parallel import gather_token_state, vocab_shard
 
 
@@ -36,23 +36,9 @@ def _ce_grad_kernel(logits_ptr, stride_b, stride_t, grad_ptr, gstride_b, gstride
     t = n % T
     target = tl.load(targets_ptr + n).to(tl.int64)
     coef = tl.where((target >= 0) & (target < V_total), tl.load(dce_ptr + n), 0.0)
-    g_row = grad_ptr + b * gstride_b + t * gstride_t
-    if coef == 0.0:
-        # ignored or zero-weight token (prompt, padding): a zero row, without reading its logits
-        for start in tl.range(0, V_local, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty),
-                     mask=cols < V_local)
-    else:
-        x_row = logits_ptr + b * stride_b + t * stride_t
-        log_z = tl.load(logz_ptr + n)
-        local_target = target - vocab_start
-        for start in tl.range(0, V_local, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            valid = cols < V_local
-            x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32)
-            g = coef * (tl.exp(x - log_z) - tl.where(cols == local_target, 1.0, 0.0))
-            tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=valid)
+    # d CE/d x = g·(softmax − onehot) = −g·(onehot − softmax); ignored or zero-weight tokens get a zero row
+    _write_logp_grad_row(logits_ptr + b * stride_b + t * stride_t, grad_ptr + b * gstride_b + t * gstride_t,
+                         V_local, target - vocab_start, tl.load(logz_ptr + n), -coef, 1.0, BLOCK_V)
 
 
 def ce_from_partials(partials_PN4: torch.Tensor, targets_BT: torch.Tensor, v_total: int):

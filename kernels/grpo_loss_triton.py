@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .loss_aggregation import masked_means, sequence_weights
 from .options import GRPOLossConfig, KLEstimator
-from .softmax_stats_triton import VocabLaunch, _combine_partials, vocab_partials
+from .softmax_stats_triton import VocabLaunch, _combine_partials, _write_logp_grad_row, vocab_partials
 from .vocab_parallel import gather_token_state, vocab_shard
 
 _KL_CODE = {KLEstimator.K1: 1, KLEstimator.K2: 2, KLEstimator.K3: 3}
@@ -116,23 +116,10 @@ def _logits_grad_kernel(logits_ptr, stride_b, stride_t, grad_ptr, gstride_b, gst
     b = n // T
     t = n % T
     coef = tl.load(grad_out_ptr).to(tl.float32) * tl.load(weight_ptr + b) * tl.load(dloss_ptr + n) * inv_temp
-    g_row = grad_ptr + b * gstride_b + t * gstride_t
-    if coef == 0.0:
-        # masked token: its gradient row is zero, so skip reading its logits (prompt tokens cost a write only)
-        for start in tl.range(0, V_local, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty),
-                     mask=cols < V_local)
-    else:
-        x_row = logits_ptr + b * stride_b + t * stride_t
-        log_z = tl.load(logz_ptr + n)
-        target = tl.load(targets_ptr + n).to(tl.int64) - vocab_start
-        for start in tl.range(0, V_local, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            valid = cols < V_local
-            x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32) * inv_temp
-            g = coef * (tl.where(cols == target, 1.0, 0.0) - tl.exp(x - log_z))
-            tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=valid)
+    # masked tokens (zero coef: prompt, padding) get a zero row without their logits being read
+    _write_logp_grad_row(logits_ptr + b * stride_b + t * stride_t, grad_ptr + b * gstride_b + t * gstride_t,
+                         V_local, tl.load(targets_ptr + n).to(tl.int64) - vocab_start, tl.load(logz_ptr + n),
+                         coef, inv_temp, BLOCK_V)
 
 
 def _token_loss(partials_PN4, old_BT, ref_BT, adv, mask_BT, cfg: GRPOLossConfig):

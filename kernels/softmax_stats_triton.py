@@ -20,6 +20,24 @@ N_PARTIALS = 4  # m, sum-exp, sum-exp-weighted-deviation, target logit
 _NEG_BIG: tl.constexpr = tl.constexpr(-1.0e30)  # finite "-inf" start for the running max: keeps (m_old - m_new) * 0 from producing NaN
 
 
+@triton.jit
+def _write_logp_grad_row(x_row, g_row, V_local, local_target, log_z, coef, inv_temp, BLOCK_V: tl.constexpr):
+    """g_row[v] = coef · (onehot_v(target) − softmax_v(x · inv_temp)): the gradient of coef · log p(target) for
+    one token's logits shard (softmax from the token's full-vocabulary log Z), written in g_row's dtype. A zero
+    coef (masked or ignored token) writes a zero row without reading the logits."""
+    if coef == 0.0:
+        for start in tl.range(0, V_local, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            tl.store(g_row + cols, tl.zeros([BLOCK_V], tl.float32).to(g_row.dtype.element_ty), mask=cols < V_local)
+    else:
+        for start in tl.range(0, V_local, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            valid = cols < V_local
+            x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32) * inv_temp
+            g = coef * (tl.where(cols == local_target, 1.0, 0.0) - tl.exp(x - log_z))
+            tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=valid)
+
+
 @dataclasses.dataclass(frozen=True)
 class VocabLaunch:
     """Chunk width over the vocabulary and warps per program for the row-streaming kernels."""
