@@ -69,3 +69,38 @@ def dual_clip_active(inp: LossInputs, c: float, temperature: float = 1.0) -> int
     logp = reference.token_logprobs(inp.logits.double(), inp.targets, temperature=temperature)
     adv = inp.adv if inp.adv.dim() == 2 else inp.adv[:, None].expand_as(logp)
     return int(((adv < 0) & (torch.exp(logp - inp.old.double()) > c) & (inp.mask != 0)).sum())
+
+
+def allocation_recorder(monkeypatch, record=lambda t: t):
+    """A TorchDispatchMode class whose instances keep `record(tensor)` (in `.records`) of every tensor our code
+    allocates while they are active; the copies Triton's interpreter makes of kernel arguments are not ours and
+    are left out. Keeping the tensors themselves keeps them alive, which can change what autograd allocates next
+    (buffers it could otherwise reuse): pass e.g. `record=torch.Tensor.numel` to count without holding them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime import interpreter
+
+    in_kernel = []
+    launch = interpreter.GridExecutor.__call__
+
+    def launch_unrecorded(self, *args, **kwargs):
+        in_kernel.append(True)
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            in_kernel.pop()
+
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__", launch_unrecorded)
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not in_kernel:
+                self.records += [record(o) for o in (out if isinstance(out, (tuple, list)) else [out])
+                                 if isinstance(o, torch.Tensor)]
+            return out
+
+    return Allocations

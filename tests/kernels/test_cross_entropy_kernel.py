@@ -1,7 +1,7 @@
 """Triton cross_entropy (interpreted) against a float64 evaluation of the reference: CE and d(Σ w·CE)/d logits."""
 import pytest
 import torch
-from kernel_test_inputs import rel_err
+from kernel_test_inputs import allocation_recorder, rel_err
 
 from r1_megatron.kernels import cross_entropy, reference
 from r1_megatron.kernels.backend import Backend, select_backend
@@ -112,33 +112,7 @@ def test_inplace_backward_writes_the_gradient_into_the_logits_buffer():
 
 def test_no_vocab_sized_fp32_intermediate(monkeypatch):
     """Forward allocates per-token state only; backward one [B, T, V] tensor, the gradient in bf16."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from triton.runtime import interpreter
-
-    in_kernel = []
-    launch = interpreter.GridExecutor.__call__
-
-    def launch_unrecorded(self, *args, **kwargs):  # the interpreter copies its arguments: not our allocations
-        in_kernel.append(True)
-        try:
-            return launch(self, *args, **kwargs)
-        finally:
-            in_kernel.pop()
-
-    monkeypatch.setattr(interpreter.GridExecutor, "__call__", launch_unrecorded)
-
-    class Allocations(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.tensors = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if not in_kernel:
-                self.tensors += [o for o in (out if isinstance(out, (tuple, list)) else [out])
-                                 if isinstance(o, torch.Tensor)]
-            return out
-
+    Allocations = allocation_recorder(monkeypatch)
     B, T, V = 2, 3, 1024
     logits, targets, weights = make(B, T, V, seed=1)
     x = logits.to(torch.bfloat16).requires_grad_() * 1.0
@@ -146,8 +120,8 @@ def test_no_vocab_sized_fp32_intermediate(monkeypatch):
         ce = cross_entropy(x, targets)
     with Allocations() as bwd:
         torch.autograd.grad((ce * weights).sum(), x)
-    assert max(t.numel() for t in fwd.tensors) <= 4 * B * T
-    big = {t.untyped_storage().data_ptr(): t.dtype for t in bwd.tensors if t.numel() >= B * T * V}  # not views
+    assert max(t.numel() for t in fwd.records) <= 4 * B * T
+    big = {t.untyped_storage().data_ptr(): t.dtype for t in bwd.records if t.numel() >= B * T * V}  # not views
     assert list(big.values()) == [torch.bfloat16]
 
 

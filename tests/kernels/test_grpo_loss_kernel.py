@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 import torch
-from kernel_test_inputs import dual_clip_active, gold_loss, make_inputs, rel_err, run_loss
+from kernel_test_inputs import allocation_recorder, dual_clip_active, gold_loss, make_inputs, rel_err, run_loss
 
 from r1_megatron.kernels import grpo_loss, reference, token_logprobs
 from r1_megatron.kernels.backend import Backend, select_backend
@@ -167,33 +167,7 @@ def test_inplace_backward_writes_the_gradient_into_the_logits_buffer():
 
 def test_forward_and_backward_never_allocate_a_vocab_sized_intermediate(monkeypatch):
     """Record every tensor our code allocates (Triton's interpreter copies its arguments; those are not ours)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from triton.runtime import interpreter
-
-    in_kernel = []
-    launch = interpreter.GridExecutor.__call__
-
-    def launch_unrecorded(self, *args, **kwargs):
-        in_kernel.append(True)
-        try:
-            return launch(self, *args, **kwargs)
-        finally:
-            in_kernel.pop()
-
-    monkeypatch.setattr(interpreter.GridExecutor, "__call__", launch_unrecorded)
-
-    class Allocations(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.numels = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            outs = out if isinstance(out, (tuple, list)) else [out]
-            if not in_kernel:
-                self.numels += [o.numel() for o in outs if isinstance(o, torch.Tensor)]
-            return out
-
+    Allocations = allocation_recorder(monkeypatch, record=torch.Tensor.numel)
     B, T, V = 2, 4, 1024
     inp = make_inputs(B, T, V, seed=4)
     for inplace, expected_full in ((False, 1), (True, 0)):
@@ -202,9 +176,9 @@ def test_forward_and_backward_never_allocate_a_vocab_sized_intermediate(monkeypa
             loss, _ = grpo_loss(*inp.args(x), inplace_backward=inplace)
         with Allocations() as bwd:
             torch.autograd.grad(loss, x)  # runs only our backward (x is not a leaf)
-        assert fwd.numels and max(fwd.numels) <= 8 * B * T  # per-token fp32 state only
-        assert sum(n >= B * T * V for n in bwd.numels) == expected_full  # just the gradient (none in place)
-        assert max(n for n in bwd.numels if n < B * T * V) <= 8 * B * T
+        assert fwd.records and max(fwd.records) <= 8 * B * T  # per-token fp32 state only
+        assert sum(n >= B * T * V for n in bwd.records) == expected_full  # just the gradient (none in place)
+        assert max(n for n in bwd.records if n < B * T * V) <= 8 * B * T
 
 
 @pytest.mark.parametrize("dtype,temperature", [(torch.float32, 1.0), (torch.float32, 0.6), (torch.bfloat16, 1.0)])
