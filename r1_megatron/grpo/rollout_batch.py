@@ -14,7 +14,7 @@ import torch
 
 from r1_megatron.kernels.options import LossAgg
 from r1_megatron.training.micro_batch import MicroBatch
-from r1_megatron.training.packing import TrainSequence, pack_batches
+from r1_megatron.training.packing import TrainSequence, empty_batch, pack_batches
 
 
 @dataclasses.dataclass
@@ -84,9 +84,9 @@ def packed_micro_batches(samples: list[RolloutSample], rows: int, max_tokens: in
     """Several sequences per row of `max_tokens` positions (training/packing.py), `rows` rows per micro-batch.
     Per label position: loss_mask the weight of the token in its aggregation (policy_loss.py), extras
     old_logprobs, advantages and units (Σ units = the micro-batch's unit count)."""
+    if not samples:  # a rank with no groups this step (dynamic sampling)
+        return [empty_batch(rows, max_tokens, pad_id, ("advantages", "old_logprobs", "units"), packed=True)]
     seqs = [_train_sequence(s, mask_truncated, loss_agg, norm_length) for s in samples]
-    if not seqs:  # a rank with no groups this step (dynamic sampling): one empty row
-        seqs = [TrainSequence([pad_id, pad_id], [0.0], {k: [0.0] for k in ("old_logprobs", "advantages", "units")})]
     return pack_batches(seqs, max_tokens, pad_id, rows=rows)
 
 

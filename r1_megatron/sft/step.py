@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 
 from r1_megatron.runtime import world_max
 from r1_megatron.training.losses import next_token_cross_entropy
 from r1_megatron.training.micro_batch import MicroBatch
-from r1_megatron.training.packing import TrainSequence, extend_to, pack_batches, pad_batches
+from r1_megatron.training.packing import TrainSequence, empty_batch, extend_to, pack_batches, pad_batches
 from r1_megatron.training.step import StepResult, loss_only, train_step
 
 
@@ -53,16 +52,10 @@ def micro_batches(seqs: list[TrainSequence], batching: Batching, pad_id: int) ->
         seq_len = max((len(s.tokens) - 1 for s in seqs), default=1)
         out = pad_batches(seqs, batching.micro_batch_size, seq_len, pad_id)
     count = world_max(len(out))
-    return extend_to(out or [_empty(batching)], count, pad_id) if count else out
-
-
-def _empty(batching: Batching) -> MicroBatch:
-    """A micro-batch with nothing in it (loss mask 0), packed or padded as `batching` makes them."""
-    B, T = batching.micro_batch_size, batching.max_tokens_per_micro_batch or 1
-    zeros = torch.zeros(B, T, dtype=torch.int64)
-    packed = batching.packing
-    return MicroBatch(zeros, zeros.clone(), torch.zeros(B, T), position_ids=torch.arange(T).expand(B, T).clone()
-                      if packed else None, segment_ids=zeros.clone() if packed else None)
+    if not out and count:  # no examples on this rank this step
+        out = [empty_batch(batching.micro_batch_size, batching.max_tokens_per_micro_batch or 1, pad_id,
+                           packed=batching.packing)]
+    return extend_to(out, count, pad_id) if count else out
 
 
 def sft_step(policy, optimizer, scheduler, seqs: list[TrainSequence], batching: Batching, pad_id: int,

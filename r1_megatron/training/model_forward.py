@@ -34,13 +34,6 @@ def _half_precision_kwargs(model) -> dict:
     return {}
 
 
-def _core(model):
-    """The GPTModel inside DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def uses_thd(mb: MicroBatch) -> bool:
     """True when `mb` runs as one flattened THD sequence (packed, with TransformerEngine attention)."""
     return mb.packed and takes_packed_seq_params()
@@ -58,7 +51,9 @@ def model_forward(model, mb: MicroBatch):
     kwargs = _half_precision_kwargs(model)
     if not mb.packed:
         return model(mb.input_ids, mb.positions(), None, **kwargs)
-    core = _core(model)
+    from r1_megatron.training.step import unwrap  # step imports this module
+
+    core = unwrap(model)
     positions_BT = mb.position_ids if mb.position_ids is not None else positions_from_segments(mb.segment_ids)
     _check_packed(core.config, mb, positions_BT, thd=uses_thd(mb))
     if uses_thd(mb):

@@ -157,9 +157,14 @@ def extend_to(batches: list[MicroBatch], count: int, pad_id: int) -> list[MicroB
     if count < len(batches):
         raise ValueError(f"extend_to({count}): there are already {len(batches)} micro-batches")
     first = batches[0]
-    B, T = first.shape
-    empty = _micro_batch([[]] * B, T, pad_id, [k for k, v in first.extras.items() if v.dim() == 2], first.packed)
+    empty = empty_batch(*first.shape, pad_id, [k for k, v in first.extras.items() if v.dim() == 2], first.packed)
     return batches + [empty] * (count - len(batches))
+
+
+def empty_batch(rows: int, T: int, pad_id: int, keys: Sequence[str] = (), packed: bool = False) -> MicroBatch:
+    """A [rows, T] micro-batch with nothing in it (loss mask 0, zero extras `keys`), packed (segments 0) or not:
+    what a rank with no sequences runs so that every rank runs the same forwards."""
+    return _micro_batch([[]] * rows, T, pad_id, keys, packed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,3 +74,10 @@ def test_packed_units_are_the_aggregations_unit_counts():
         weight = sum(float(mb.loss_mask.sum()) for mb in packed)
         assert weight == pytest.approx(len(counted) if agg is LossAgg.SEQ_MEAN_TOKEN_MEAN else expected[
             LossAgg.TOKEN_MEAN]), agg
+
+
+def test_a_rank_without_groups_runs_one_empty_packed_micro_batch():
+    (mb,) = packed_micro_batches([], 2, 16, pad_id=0, mask_truncated=False, loss_agg=LossAgg.TOKEN_MEAN,
+                                 norm_length=NORM_LENGTH)
+    assert mb.packed and mb.shape == (2, 16) and sorted(mb.extras) == ["advantages", "old_logprobs", "units"]
+    assert float(mb.loss_mask.sum()) == 0 and float(mb.extras["units"].sum()) == 0
