@@ -4,6 +4,7 @@ forces one). Importing this package never imports triton; the Triton modules loa
 """
 from .backend import Backend, select_backend
 from .cross_entropy import cross_entropy
+from .decode_attention import decode_attention
 from .group_advantage import group_advantages
 from .grpo_loss import grpo_loss, token_logprobs
 from .options import AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg

@@ -45,8 +45,9 @@ def _rotary_per_token(rope, args, output):
     (Megatron computes 0..T-1 for one shared sequence; apply_rotary_pos_emb broadcasts over B either way)."""
     ctx = active_context()
     if ctx is not None:
-        table = rope.forward(ctx.kv_len)  # lru-cached in Megatron; decode positions reach past this forward's T
-        return _per_token(table, ctx.positions_BT)
+        # lru-cached in Megatron: one table for the whole generation; decode positions reach past this forward's T
+        table = rope.forward(ctx.max_positions)
+        return _per_token(table, ctx.positions_N[None])
     positions_BT = active_positions()
     if positions_BT is None:
         return None
@@ -60,14 +61,13 @@ def _per_token(table, positions_BT):
 
 
 def _only_logit_positions(output_layer, args, kwargs):
-    """In a generation forward: hidden states [T, B, H] -> [1, B, H] at each row's logit position, so a prefill
-    of T tokens projects one position per row onto the vocabulary, not T."""
+    """In a generation forward: hidden states of the flat row [N, 1, H] -> [1, R, H] at ctx.logit_index_R, so a
+    prefill chunk of many tokens projects only its last token onto the vocabulary."""
     ctx = active_context()
     if ctx is None:
         return None
-    hidden_TBH, *rest = args
-    rows_B = torch.arange(hidden_TBH.shape[1], device=hidden_TBH.device)
-    return (hidden_TBH[ctx.logit_index_B, rows_B][None], *rest), kwargs
+    hidden_N1H, *rest = args
+    return (hidden_N1H[ctx.logit_index_R, 0][None], *rest), kwargs
 
 
 def build_model(model_config: ModelConfig, *, dtype: torch.dtype = torch.float32,

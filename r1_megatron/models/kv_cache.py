@@ -1,15 +1,21 @@
-"""The KV cache of in-process generation, and the per-forward context that tells the model where tokens go.
+"""The paged KV cache of in-process generation, and the per-forward context that tells the model where tokens go.
 
 Megatron-Core 0.16.1 has no cache we can use for continuous batching on every backend: StaticInferenceContext
 shares one sequence offset across the batch, and DynamicInferenceContext needs flash-attn (no CPU). So generation
 runs the ordinary training forward with no Megatron inference context, inside `forward_context(ctx)`:
-  - R1GPTModel's rope hooks (models/gpt.py) return per-token rotary frequencies for ctx.positions_BT, so every
-    row of the batch sits at its own position;
-  - core attention (models/attention.py) writes this forward's keys/values into the cache and attends over the
-    row's cached prefix instead of the current tokens only;
-  - the output-layer hook computes logits only at ctx.logit_index_B (one position per row).
-The cache is slot-based (nano-vllm's idea without paging): slot s holds one sequence's keys and values for
-positions 0..max_seq_len-1, in every layer; a row names its slot, so rows can join and leave between forwards.
+  - the forward's tokens are one flat row [1, N]: every scheduled sequence's chunk of new tokens, back to back,
+    with no padding (decode rows of one token first, then multi-token prefill chunks);
+  - R1GPTModel's rope hooks (models/gpt.py) return per-token rotary frequencies for ctx.positions_N;
+  - core attention (models/attention.py) writes this forward's keys/values into their cache slots and attends
+    over each sequence's cached keys (models/cache_attention.py): the decode rows with the paged decode-attention
+    kernel, which reads the cache blocks in place, and each prefill chunk causally over its sequence's context;
+  - the output-layer hook computes logits only at ctx.logit_index_R (the last token of each chunk that samples).
+
+The cache is vLLM's paged layout: per layer, keys [num_blocks, block_size, heads, dim] and values likewise; a
+sequence's positions live in the blocks of its block table (rollout/block_manager.py), so memory is shared
+between the samples of a prompt and taken only as sequences grow. For MLA's latent cache (`latent_values`),
+a layer caches one "key" per token, [compressed kv ; rope key], and its values are the first kv_lora_rank
+channels of that key (a view, no second copy).
 """
 from __future__ import annotations
 
@@ -17,76 +23,95 @@ import contextlib
 import dataclasses
 
 import torch
-import torch.nn.functional as F
+
+from r1_megatron.models.cache_attention import cached_attention
 
 
 class KVCache:
-    """Keys and values per layer, [num_slots, max_seq_len, heads, dim] each, allocated at a layer's first write
+    """Keys and values per layer, [num_blocks, block_size, heads, dim] each, allocated at a layer's first write
     (the layer's shapes and dtype come from its own key/value tensors, so any attention variant fits)."""
 
-    def __init__(self, num_slots: int, max_seq_len: int):
-        if num_slots < 1 or max_seq_len < 2:
-            raise ValueError(f"KVCache needs num_slots >= 1 and max_seq_len >= 2, got {num_slots}, {max_seq_len}")
-        self.num_slots, self.max_seq_len = num_slots, max_seq_len
+    def __init__(self, num_blocks: int, block_size: int, *, mla_latent: bool = True):
+        if num_blocks < 2 or block_size < 1:
+            raise ValueError(f"KVCache needs num_blocks >= 2 and block_size >= 1, got {num_blocks}, {block_size}")
+        self.num_blocks, self.block_size, self.mla_latent = num_blocks, block_size, mla_latent
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
 
-    def layer(self, layer: int, key_TBGD: torch.Tensor, value_TBGE: torch.Tensor):
+    def write(self, layer: int, key_NGD: torch.Tensor, value_NGE: torch.Tensor | None, slots_N: torch.Tensor,
+              value_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store token i's key/value at flat slot slots_N[i] (block · block_size + offset) of `layer`; returns
+        the layer's (keys, values) pools. value_NGE None: the values are keys[..., :value_dim] (MLA latent)."""
         if layer not in self.keys:
-            shape = (self.num_slots, self.max_seq_len)
-            self.keys[layer] = key_TBGD.new_zeros(shape + tuple(key_TBGD.shape[2:]))
-            self.values[layer] = value_TBGE.new_zeros(shape + tuple(value_TBGE.shape[2:]))
-        return self.keys[layer], self.values[layer]
+            shape = (self.num_blocks, self.block_size)
+            self.keys[layer] = key_NGD.new_zeros(shape + tuple(key_NGD.shape[1:]))
+            if value_NGE is not None:
+                self.values[layer] = value_NGE.new_zeros(shape + tuple(value_NGE.shape[1:]))
+        keys = self.keys[layer]
+        keys.view(-1, *keys.shape[2:])[slots_N] = key_NGD
+        if value_NGE is None:
+            return keys, keys[..., :value_dim]
+        values = self.values[layer]
+        values.view(-1, *values.shape[2:])[slots_N] = value_NGE
+        return keys, values
 
-    def copy_prefix(self, src_slots: list[int], dst_slots: list[int], lengths: list[int]) -> None:
-        """Slot dst_slots[i] gets positions [0, lengths[i]) of src_slots[i], in every layer (prompt sharing)."""
-        for cache in (*self.keys.values(), *self.values.values()):
-            for src, dst, length in zip(src_slots, dst_slots, lengths):
-                cache[dst, :length].copy_(cache[src, :length])
+    def copy_blocks(self, src_C: torch.Tensor, dst_C: torch.Tensor) -> None:
+        """Block dst_C[i] gets the contents of block src_C[i], in every layer (copy-on-write of shared blocks)."""
+        for pool in (*self.keys.values(), *self.values.values()):
+            pool[dst_C] = pool[src_C]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
+
+    @property
+    def capacity_tokens(self) -> int:
+        """Token positions the pool holds (block 0, the scratch block, included)."""
+        return self.num_blocks * self.block_size
 
     def free(self) -> None:
         self.keys.clear()
         self.values.clear()
 
 
+@dataclasses.dataclass(frozen=True)
+class PrefillChunk:
+    """Tokens [start, end) of the flat row are the last end - start of one sequence's first context_len positions;
+    its cache blocks are block_ids_K (int64, enough to hold context_len positions)."""
+
+    start: int
+    end: int
+    context_len: int
+    block_ids_K: torch.Tensor
+
+
 @dataclasses.dataclass
 class ForwardContext:
-    """Where the tokens of one generation forward sit.
+    """Where the N tokens of one generation forward sit (the flat row [1, N]).
 
-    slot_B: int64 [B], each row's cache slot. positions_BT: int64 [B, T], each token's position in its sequence
-    (rows are right-padded; a padding token gets a position past its row's real tokens, so its key lands where
-    a later real token overwrites it before anything attends to it). kv_len: keys attended over, max position + 1.
-    logit_index_B: int64 [B], the index along T whose logits the model returns for each row (its last real token).
-    """
+    positions_N: int64 [N], each token's position in its sequence. slots_N: int64 [N], the flat cache slot its
+    key/value goes to. logit_index_R: int64 [R], the tokens whose logits the model returns. The first
+    num_decode tokens are decode rows (one token each), row b attending to keys 0..seq_lens_D[b]-1 of the blocks
+    block_table_DM[b] (int32); the rest are prefill chunks. max_positions: the rotary table's length."""
 
     cache: KVCache
-    slot_B: torch.Tensor
-    positions_BT: torch.Tensor
-    kv_len: int
-    logit_index_B: torch.Tensor
+    positions_N: torch.Tensor
+    slots_N: torch.Tensor
+    logit_index_R: torch.Tensor
+    max_positions: int
+    num_decode: int = 0
+    block_table_DM: torch.Tensor | None = None
+    seq_lens_D: torch.Tensor | None = None
+    prefill: tuple[PrefillChunk, ...] = ()
 
-    def attend(self, layer: int, query_TBND: torch.Tensor, key_TBGD: torch.Tensor, value_TBGE: torch.Tensor,
-               softmax_scale: float) -> torch.Tensor:
-        """Write this forward's keys/values, then causal attention over each row's cached prefix.
-
-        Query at position p attends to the cached keys at positions <= p of its row's slot. Returns
-        [T, B, N·E] like Megatron's core attention."""
-        keys_SLGD, values_SLGE = self.cache.layer(layer, key_TBGD, value_TBGE)
-        slot_B1 = self.slot_B[:, None]
-        keys_SLGD[slot_B1, self.positions_BT] = key_TBGD.transpose(0, 1)
-        values_SLGE[slot_B1, self.positions_BT] = value_TBGE.transpose(0, 1)
-        k_BGKD = keys_SLGD[self.slot_B, :self.kv_len].transpose(1, 2)
-        v_BGKE = values_SLGE[self.slot_B, :self.kv_len].transpose(1, 2)
-        key_pos_K = torch.arange(self.kv_len, device=query_TBND.device)
-        visible_B1TK = (key_pos_K <= self.positions_BT[:, :, None])[:, None]
-        q_BNTD = query_TBND.permute(1, 2, 0, 3)
-        out_BNTE = F.scaled_dot_product_attention(q_BNTD, k_BGKD, v_BGKE, attn_mask=visible_B1TK,
-                                                  scale=softmax_scale, enable_gqa=k_BGKD.shape[1] != q_BNTD.shape[1])
-        T, B = query_TBND.shape[:2]
-        return out_BNTE.permute(2, 0, 1, 3).reshape(T, B, -1)
+    def attend(self, layer: int, query_TBND: torch.Tensor, key_TBGD: torch.Tensor, value_TBGE: torch.Tensor | None,
+               softmax_scale: float, value_dim: int | None = None) -> torch.Tensor:
+        """Write this forward's keys/values, then attention over each sequence's cached keys. Shapes follow
+        Megatron's core attention with B = 1: query [N, 1, H, D] -> [N, 1, H·E]. value_TBGE None (MLA latent):
+        values are the first value_dim channels of the keys."""
+        keys, values = self.cache.write(layer, key_TBGD[:, 0], None if value_TBGE is None else value_TBGE[:, 0],
+                                        self.slots_N, value_dim)
+        out_NHE = cached_attention(self, query_TBND[:, 0], keys, values, softmax_scale)
+        return out_NHE.reshape(out_NHE.shape[0], 1, -1)
 
 
 _ACTIVE: list[ForwardContext] = []

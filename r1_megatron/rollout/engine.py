@@ -7,9 +7,13 @@ reads the very parameter tensors the optimizer updates: there is no weight copy 
     with engine.generating():            # eval mode, SP off, KV cache allocated; all restored/freed on exit
         completions = engine.generate(prompt_ids, SamplingParams(n=16, temperature=1.0, max_new_tokens=1024))
 
+The KV cache is paged (models/kv_cache.py, rollout/block_manager.py): CacheConfig sets its block size and its
+size (a block count or a fraction of free device memory); the n samples of a prompt share the prompt's blocks;
+when blocks run out a running sequence is preempted and recomputed later (rollout/scheduler.py).
+
 Parallelism: every rank of a tensor-parallel group must pass the same prompts and params (checked); ranks that
 differ only in data parallelism may pass different prompts. With expert parallelism, ranks step in lockstep
-(an all-reduce per step) and a rank whose work is done runs one-token idle forwards while its peers finish,
+(an all-reduce over the expert-parallel group per step) and a rank whose work is done runs one-token idle forwards while its peers finish,
 since every EP rank must enter each MoE all-to-all. Pipeline parallelism is not supported for generation yet.
 """
 from __future__ import annotations
@@ -26,6 +30,8 @@ from megatron.core.transformer.utils import set_model_to_sequence_parallel
 from r1_megatron.models.kv_cache import KVCache
 from r1_megatron.training.step import unwrap
 
+from .block_manager import BlockManager
+from .cache_config import CacheConfig
 from .model_runner import ModelRunner
 from .sampler import request_seeds
 from .sampling_params import SamplingParams
@@ -34,10 +40,12 @@ from .sequence import Completion, Sequence
 
 
 class Engine:
-    def __init__(self, model, *, max_batch_size: int, max_seq_len: int, eos_token_ids: Seq[int] = (), seed: int = 0):
-        """model: a model from load_hf/build_model, or the trainer's DDP-wrapped one; max_batch_size: KV-cache
-        slots (sequences decoded together); max_seq_len: prompt + completion tokens per sequence; eos_token_ids:
-        tokens that end every completion ("stop"); seed: seeds the draw of request seeds for unseeded params."""
+    def __init__(self, model, *, max_batch_size: int, max_seq_len: int, eos_token_ids: Seq[int] = (), seed: int = 0,
+                 cache: CacheConfig | None = None):
+        """model: a model from load_hf/build_model, or the trainer's DDP-wrapped one; max_batch_size: sequences
+        decoded together; max_seq_len: prompt + completion tokens per sequence; eos_token_ids: tokens that end
+        every completion ("stop"); seed: seeds the draw of request seeds for unseeded params; cache: the paged
+        KV cache's settings (default: room for max_batch_size sequences of max_seq_len, never preempting)."""
         for name, value, low in (("max_batch_size", max_batch_size, 1), ("max_seq_len", max_seq_len, 2)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
                 raise ValueError(f"Engine: {name} must be an int >= {low}, got {value!r}")
@@ -50,7 +58,11 @@ class Engine:
         self.eos_token_ids = frozenset(_token_ids("eos_token_ids", eos_token_ids))
         self.generator = torch.Generator().manual_seed(seed)
         self.device = next(self.model.parameters()).device
+        self.cache_config = cache or CacheConfig()
+        self.num_blocks = self.cache_config.num_blocks_for(self.model, self.max_batch_size, self.max_seq_len)
+        self.max_tokens_per_step = self.cache_config.tokens_per_step(self.max_batch_size)
         self.cache: KVCache | None = None
+        self.num_preemptions = 0  # over this engine's life: a cache too small for the batch shows here
 
     def parameters(self):
         """The tensors generation reads: the model's own parameters."""
@@ -68,7 +80,7 @@ class Engine:
         self.model.eval()
         if was_sp:  # decode steps have one token per row: nothing to split over the sequence
             set_model_to_sequence_parallel(self.model, False)
-        self.cache = KVCache(self.max_batch_size, self.max_seq_len)
+        self.cache = KVCache(self.num_blocks, self.cache_config.block_size, mla_latent=self.cache_config.mla_latent)
         try:
             with offload if offload is not None else contextlib.nullcontext():
                 yield self
@@ -89,18 +101,21 @@ class Engine:
         prompts = self._check_prompts(prompt_token_ids)
         per_prompt = self._per_prompt_params(params, len(prompts))
         self._check_same_across_tensor_parallel(prompts, per_prompt)
-        scheduler = Scheduler(self.max_batch_size)
+        blocks = BlockManager(self.num_blocks, self.cache_config.block_size)
+        scheduler = Scheduler(blocks, self.max_batch_size, self.max_tokens_per_step)
         groups = [self._sequences(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
         for group in groups:
             scheduler.add(group)
-        runner = ModelRunner(self.model, self.cache, self.device)
+        runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len)
         while self._any_rank_has_work(scheduler.has_work):
-            batch = scheduler.schedule()
-            if batch is None:
+            plan = scheduler.schedule()
+            if plan is None:
                 runner.idle_forward()
                 continue
-            runner.run(batch)
+            logits_RV = runner.forward(plan)
+            runner.sample(logits_RV, scheduler.computed(plan))
             scheduler.release_finished()
+        self.num_preemptions += scheduler.num_preemptions
         return [seq.completion() for group in groups for seq in group]
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -155,7 +170,9 @@ class Engine:
                 parallel_state.get_expert_model_parallel_world_size() == 1:
             return has_work
         flag = torch.tensor([int(has_work)], device=self.device)
-        torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
+        # every rank of an expert-parallel group enters each MoE all-to-all; other groups need not wait
+        torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX,
+                                     group=parallel_state.get_expert_model_parallel_group())
         return bool(flag.item())
 
 

@@ -1,51 +1,66 @@
-"""Runs the model for one scheduled step and samples each sequence's next token.
+"""Runs the model for one scheduled step (rollout/scheduler.py) and samples the next tokens.
 
-A prefill forward takes the admitted prompts right-padded to [B, T] (one row per prompt, not per completion) and
-returns logits at each prompt's last token only; every completion of the prompt samples its first token from that
-row, and the prompt's keys/values are copied into its siblings' slots. A decode forward takes [B, 1]: each running
-sequence's last token at its own position.
+A step's tokens are one flat row with no padding: the decode rows (one token each) first, then the prefill
+chunks, each sequence at its own positions (models/kv_cache.py). The host work per step is a handful of small
+tensors built from Python lists in one call each; each sequence's block table lives in a persistent
+[max_num_seqs, max_blocks] tensor, rewritten only for the rows whose blocks changed.
 """
 from __future__ import annotations
 
 import torch
 
-from r1_megatron.models.kv_cache import ForwardContext, KVCache, forward_context
+from r1_megatron.models.kv_cache import ForwardContext, KVCache, PrefillChunk, forward_context
 
 from .sampler import SamplingBatch
-from .scheduler import DecodeBatch, PrefillBatch
+from .scheduler import Chunk, StepPlan
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model, cache: KVCache, device: torch.device):
-        self.model, self.cache, self.device = model, cache, device
+    def __init__(self, model, cache: KVCache, device: torch.device, max_num_seqs: int, max_seq_len: int):
+        self.model, self.cache, self.device, self.max_seq_len = model, cache, device, max_seq_len
+        self.block_size = cache.block_size
+        max_blocks = -(-max_seq_len // self.block_size)
+        self.block_table_RM = torch.zeros(max_num_seqs, max_blocks, dtype=torch.int32, device=device)
+        self._table_rows: list[list[int]] = [[] for _ in range(max_num_seqs)]
 
-    def run(self, batch: PrefillBatch | DecodeBatch) -> None:
-        if isinstance(batch, PrefillBatch):
-            self.prefill(batch.groups)
-        else:
-            self.decode(batch.sequences)
+    def forward(self, plan: StepPlan) -> torch.Tensor:
+        """Logits [R, V] of the chunks that sample, in plan order."""
+        if plan.copies:
+            src, dst = zip(*((c.src, c.dst) for c in plan.copies))
+            self.cache.copy_blocks(torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device))
+        # one-token chunks (decode steps, or a prompt's last single token) attend exactly like decode rows
+        decode = [c for c in plan.chunks if c.end - c.start == 1]
+        prefill = plan.chunks[len(decode):]
+        ids, positions, slots, ctx_fields = self._decode_inputs(decode)
+        chunks = []
+        for chunk in prefill:
+            chunks.append(self._prefill_chunk(chunk, len(ids)))
+            ids += chunk.seq.tokens(chunk.start, chunk.end)
+            positions.append(torch.arange(chunk.start, chunk.end))
+            slots.append(self._slots(chunk))
+        logit_index = [i for i, c in enumerate(decode) if c.samples]
+        logit_index += [pc.end - 1 for pc, c in zip(chunks, prefill) if c.samples]
+        ctx = ForwardContext(self.cache, torch.cat(positions).to(self.device), torch.cat(slots).to(self.device),
+                             torch.tensor(logit_index, device=self.device), self.max_seq_len, prefill=tuple(chunks),
+                             **ctx_fields)
+        ids_1N = torch.tensor(ids, dtype=torch.int64, device=self.device)[None]
+        with forward_context(ctx), torch.no_grad():
+            logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=True)
+        return logits_R1V[:, 0]
 
-    def prefill(self, groups: list[list[Sequence]]) -> None:
-        prompts = [group[0].prompt_ids for group in groups]
-        T = max(map(len, prompts))
-        ids_BT = torch.tensor([p + [0] * (T - len(p)) for p in prompts], dtype=torch.int64, device=self.device)
-        positions_BT = torch.arange(T, device=self.device).expand(len(prompts), T)
-        logit_index_B = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        logits_BV = self._forward(ids_BT, positions_BT, [group[0].slot for group in groups], T, logit_index_B)
-        rows = [b for b, group in enumerate(groups) for _ in group]
-        self._sample(logits_BV[rows], [seq for group in groups for seq in group])
-        siblings = [(group[0].slot, seq.slot, len(seq.prompt_ids)) for group in groups for seq in group[1:]]
-        if siblings:
-            self.cache.copy_prefix(*map(list, zip(*siblings)))
-
-    def decode(self, sequences: list[Sequence]) -> None:
-        ids_B1 = torch.tensor([[seq.last_token] for seq in sequences], dtype=torch.int64, device=self.device)
-        positions_B1 = torch.tensor([[seq.length - 1] for seq in sequences], device=self.device)
-        kv_len = max(seq.length for seq in sequences)
-        logit_index_B = torch.zeros(len(sequences), dtype=torch.int64, device=self.device)
-        self._sample(self._forward(ids_B1, positions_B1, [seq.slot for seq in sequences], kv_len, logit_index_B),
-                     sequences)
+    def sample(self, logits_RV: torch.Tensor, sampling: list[tuple[Sequence, int]]) -> None:
+        """Append each sequence's next token, sampled from logits row r (siblings share their leader's row)."""
+        if not sampling:
+            return
+        sequences, rows = zip(*sampling)
+        if list(rows) != list(range(len(rows))):
+            logits_RV = logits_RV[torch.tensor(rows, device=logits_RV.device)]
+        batch = SamplingBatch.from_rows([s.params for s in sequences], [s.seed for s in sequences],
+                                        [len(s.token_ids) for s in sequences], device=self.device)
+        out = batch.sample(logits_RV)
+        for seq, token, logprob in zip(sequences, out.tokens_B.tolist(), out.logprobs_B.tolist()):
+            seq.append(token, logprob, self.max_seq_len)
 
     def idle_forward(self) -> None:
         """A one-token forward outside the cache, for a rank with nothing to generate whose expert-parallel peers
@@ -54,15 +69,36 @@ class ModelRunner:
         with torch.no_grad():
             self.model(ids_11, torch.zeros_like(ids_11), None, runtime_gather_output=True)
 
-    def _forward(self, ids_BT, positions_BT, slots: list[int], kv_len: int, logit_index_B) -> torch.Tensor:
-        ctx = ForwardContext(self.cache, torch.tensor(slots, device=self.device), positions_BT, kv_len, logit_index_B)
-        with forward_context(ctx), torch.no_grad():
-            logits_B1V = self.model(ids_BT, positions_BT, None, runtime_gather_output=True)
-        return logits_B1V[:, 0]
+    # ------------------------------------------------------------------------------------------- helpers
 
-    def _sample(self, logits_BV: torch.Tensor, sequences: list[Sequence]) -> None:
-        batch = SamplingBatch.from_rows([seq.params for seq in sequences], [seq.seed for seq in sequences],
-                                        [len(seq.token_ids) for seq in sequences], device=self.device)
-        out = batch.sample(logits_BV)
-        for seq, token, logprob in zip(sequences, out.tokens_B.tolist(), out.logprobs_B.tolist()):
-            seq.append(token, logprob, self.cache.max_seq_len)
+    def _decode_inputs(self, decode: list[Chunk]):
+        """(ids, positions, slots, ForwardContext fields) of the decode rows, from one host tensor."""
+        if not decode:
+            return [], [], [], {}
+        S = self.block_size
+        for c in decode:
+            self._sync_row(c.seq)
+        host_5D = torch.tensor([[c.seq.tokens(c.start, c.end)[0] for c in decode],
+                                [c.start for c in decode],
+                                [c.seq.block_ids[c.start // S] * S + c.start % S for c in decode],
+                                [c.seq.row for c in decode],
+                                [c.end for c in decode]], dtype=torch.int64)
+        used_blocks = -(-max(c.end for c in decode) // S)  # the torch path reads every column it is given
+        rows_D = host_5D[3].to(self.device)
+        fields = dict(num_decode=len(decode), block_table_DM=self.block_table_RM[rows_D, :used_blocks],
+                      seq_lens_D=host_5D[4].to(device=self.device, dtype=torch.int32))
+        return host_5D[0].tolist(), [host_5D[1]], [host_5D[2]], fields
+
+    def _sync_row(self, seq: Sequence) -> None:
+        if self._table_rows[seq.row] != seq.block_ids:
+            self._table_rows[seq.row] = list(seq.block_ids)
+            self.block_table_RM[seq.row, :len(seq.block_ids)] = torch.tensor(seq.block_ids, dtype=torch.int32)
+
+    def _prefill_chunk(self, chunk: Chunk, start: int) -> PrefillChunk:
+        blocks = torch.tensor(chunk.seq.block_ids[:-(-chunk.end // self.block_size)], device=self.device)
+        return PrefillChunk(start, start + chunk.end - chunk.start, chunk.end, blocks)
+
+    def _slots(self, chunk: Chunk) -> torch.Tensor:
+        positions = torch.arange(chunk.start, chunk.end)
+        blocks = torch.tensor(chunk.seq.block_ids)
+        return blocks[positions // self.block_size] * self.block_size + positions % self.block_size

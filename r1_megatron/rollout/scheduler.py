@@ -1,71 +1,164 @@
-"""Continuous batching within a fixed number of KV-cache slots (nano-vllm's scheduler, without preemption).
+"""Continuous batching over the paged KV cache: a token budget per step, chunked prefill, preemption.
 
-Each step is either a prefill of newly admitted prompts or one decode token for every running sequence. Waiting
-prompts are admitted, in arrival order, whenever enough slots are free: all n completions of a prompt together
-(they share one prefill; its KV is copied to the siblings' slots), so a group waits until n slots are free.
-A prompt whose n exceeds the slot count is split into slot-sized parts, each prefilled once.
+Every step computes, for each scheduled sequence, a chunk of its tokens that have no keys/values in the cache
+yet: one token for a decoding sequence (its last sampled token), up to the budget for a prompt being prefilled
+(a long prompt is prefilled over several steps, between the decode steps of the others). A chunk that reaches
+the sequence's end samples the next token.
+
+Order: running sequences first, in admission order, then waiting ones, in arrival order, while the step's token
+budget (`max_tokens_per_step`), the sequence slots (`max_num_seqs`) and free cache blocks last. A prompt's n
+samples are admitted together as one leader carrying its siblings: the leader prefills the prompt once, and the
+siblings are forked when the prompt is computed, sharing its blocks. A group larger than max_num_seqs is split
+into parts of at most max_num_seqs, each prefilled once.
+
+When a running sequence needs a block and none is free, the most recently admitted running sequence is
+preempted: its blocks are freed and it goes back to the front of the waiting queue with its generated tokens,
+to be prefilled again later (recompute). Sampling noise depends only on (seed, step, token id), so a preempted
+sequence continues exactly as it would have.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 
+from .block_manager import BlockCopy, BlockManager
 from .sequence import Sequence
 
 
-@dataclasses.dataclass
-class PrefillBatch:
-    groups: list[list[Sequence]]  # the sequences of one prompt; groups[i][0]'s slot receives the prefill
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Tokens [start, end) of `seq` are computed this step; samples: the step samples seq's next token."""
+
+    seq: Sequence
+    start: int
+    end: int
+
+    @property
+    def samples(self) -> bool:
+        return self.end == self.seq.length
 
 
 @dataclasses.dataclass
-class DecodeBatch:
-    sequences: list[Sequence]
+class StepPlan:
+    chunks: list[Chunk]  # one-token chunks first, then longer ones
+    copies: list[BlockCopy]  # copy-on-write block copies to do before the forward
 
 
 class Scheduler:
-    def __init__(self, num_slots: int):
-        self.num_slots = num_slots
-        self.free_slots = collections.deque(range(num_slots))
-        self.waiting: collections.deque[list[Sequence]] = collections.deque()
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_tokens_per_step: int):
+        self.blocks, self.max_num_seqs, self.max_tokens_per_step = blocks, max_num_seqs, max_tokens_per_step
+        self.free_rows = collections.deque(range(max_num_seqs))
+        self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0
 
     def add(self, group: list[Sequence]) -> None:
-        self.waiting.append(group)
+        """The n samples of one prompt (same prompt ids), in sample order."""
+        for start in range(0, len(group), self.max_num_seqs):
+            leader, *siblings = group[start:start + self.max_num_seqs]
+            leader.siblings = siblings
+            self.waiting.append(leader)
 
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> PrefillBatch | DecodeBatch | None:
-        """Prefill whatever can be admitted now; otherwise decode the running sequences; None when idle."""
-        admitted = []
-        while self.waiting and self.free_slots:
-            group = self.waiting[0]
-            if len(group) > len(self.free_slots):
-                if len(group) <= self.num_slots or self.running or admitted:
-                    break  # wait for slots: a split group would prefill its prompt twice
-                group = self._split_front(len(self.free_slots))
-            else:
-                self.waiting.popleft()
-            for seq in group:
-                seq.slot = self.free_slots.popleft()
-            admitted.append(group)
-        if admitted:
-            self.running.extend(seq for group in admitted for seq in group)
-            return PrefillBatch(admitted)
-        return DecodeBatch(list(self.running)) if self.running else None
+    def schedule(self) -> StepPlan | None:
+        """The chunks of the next step; None when nothing can run (no work)."""
+        budget = self.max_tokens_per_step
+        chunks, copies = [], []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            take = self._fit(seq, min(seq.length - seq.num_computed, budget))
+            while take == 0 and self.running[-1] is not seq:
+                self._preempt(self.running[-1])
+                preempted = True
+                take = self._fit(seq, min(seq.length - seq.num_computed, budget))
+            if take == 0:
+                if len(self.running) == 1:
+                    raise RuntimeError("KV cache: one sequence alone does not fit the free blocks")
+                self._preempt(seq)
+                preempted = True
+                break
+            chunks.append(self._chunk(seq, take, copies))
+            budget -= take
+            i += 1
+        if not preempted:  # admitting new prompts while evicting running ones would only thrash
+            budget = self._admit(budget, chunks, copies)
+        if not chunks:
+            return None
+        chunks.sort(key=lambda c: c.end - c.start > 1)  # stable: decode rows first, each group in order
+        return StepPlan(chunks, copies)
 
-    def _split_front(self, size: int) -> list[Sequence]:
-        group = self.waiting[0]
-        self.waiting[0] = group[size:]
-        return group[:size]
+    def computed(self, plan: StepPlan) -> list[tuple[Sequence, int]]:
+        """Record the step's chunks as computed; fork the siblings of prompts now complete. Returns the sequences
+        that sample now, each with the index of its logits row (chunks that sample, in plan order; a leader's
+        siblings share its row)."""
+        sampling = []
+        rows = 0
+        for chunk in plan.chunks:
+            chunk.seq.num_computed = chunk.end
+            if chunk.samples:
+                sampling.append((chunk.seq, rows))
+                sampling.extend((sibling, rows) for sibling in self._fork_siblings(chunk.seq))
+                rows += 1
+        return sampling
 
     def release_finished(self) -> list[Sequence]:
-        """Free the slots of finished sequences; returns them."""
+        """Free the blocks and rows of finished sequences; returns them."""
         done = [seq for seq in self.running if seq.finished]
         for seq in done:
-            self.free_slots.append(seq.slot)
-            seq.slot = None
+            self._release(seq)
         self.running = [seq for seq in self.running if not seq.finished]
         return done
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _admit(self, budget: int, chunks: list[Chunk], copies: list[BlockCopy]) -> int:
+        while self.waiting and budget > 0:
+            leader = self.waiting[0]
+            if len(self.free_rows) < 1 + len(leader.siblings):
+                break
+            take = self._fit(leader, min(leader.length, budget))
+            if take == 0:
+                break
+            self.waiting.popleft()
+            for seq in (leader, *leader.siblings):
+                seq.row = self.free_rows.popleft()
+            self.running.append(leader)
+            chunks.append(self._chunk(leader, take, copies))
+            budget -= take
+        return budget
+
+    def _fit(self, seq: Sequence, want: int) -> int:
+        """The most tokens, up to want, that seq's next chunk can take with the free blocks."""
+        return min(want, self.blocks.room(seq.block_ids, seq.num_computed))
+
+    def _chunk(self, seq: Sequence, take: int, copies: list[BlockCopy]) -> Chunk:
+        copies.extend(self.blocks.grow(seq.block_ids, seq.num_computed, seq.num_computed + take))
+        return Chunk(seq, seq.num_computed, seq.num_computed + take)
+
+    def _fork_siblings(self, leader: Sequence) -> list[Sequence]:
+        siblings, leader.siblings = leader.siblings, []
+        for sibling in siblings:
+            sibling.block_ids = self.blocks.fork(leader.block_ids)
+            sibling.num_computed = leader.num_computed
+        index = self.running.index(leader) + 1
+        self.running[index:index] = siblings
+        return siblings
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.num_computed = 0
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.free(seq.block_ids)
+        for s in (seq, *seq.siblings):
+            if s.row is not None:
+                self.free_rows.append(s.row)
+                s.row = None

@@ -34,7 +34,13 @@ class Completion:
 
 @dataclasses.dataclass(eq=False)
 class Sequence:
-    """Completion `sample_index` of prompt `prompt_index` while it is generated; `slot` is its KV-cache slot."""
+    """Completion `sample_index` of prompt `prompt_index` while it is generated.
+
+    Its tokens are prompt_ids + token_ids; the first `num_computed` of them have keys/values in the cache, in
+    the blocks `block_ids` (rollout/block_manager.py). A step computes the next chunk of uncomputed tokens
+    (a prefill chunk, or the one last sampled token when decoding); when that reaches the end, the step samples
+    the next token. `row` is its row of the engine's block-table tensor while it holds blocks. A group's
+    leader carries the siblings it forks once the prompt is computed (they share the prompt's blocks)."""
 
     prompt_index: int
     sample_index: int
@@ -44,16 +50,22 @@ class Sequence:
     stop_ids: frozenset[int]
     token_ids: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
-    slot: int | None = None
+    block_ids: list[int] = dataclasses.field(default_factory=list)
+    num_computed: int = 0
+    row: int | None = None
+    siblings: list[Sequence] = dataclasses.field(default_factory=list)
     finish_reason: FinishReason | None = None
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """Tokens [start, end) of prompt + completion."""
+        P = len(self.prompt_ids)
+        if end <= P:
+            return self.prompt_ids[start:end]
+        return self.prompt_ids[start:] + self.token_ids[max(0, start - P):end - P]
 
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.token_ids)
-
-    @property
-    def last_token(self) -> int:
-        return self.token_ids[-1] if self.token_ids else self.prompt_ids[-1]
 
     def append(self, token: int, logprob: float, max_seq_len: int) -> None:
         """Add a sampled token; finish on a stop token, at max_new_tokens, or when no position is left for the
