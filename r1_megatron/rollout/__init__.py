@@ -7,10 +7,11 @@ completions); the KV cache itself is models/kv_cache.py, as the model's attentio
 """
 from .cache_config import CacheConfig
 from .engine import Engine
+from .generation_stats import GenerationStats
 from .logprob_mismatch import LogprobMismatch, logprob_mismatch
 from .sampler import SampleOutput, SamplingBatch, completion_seeds, request_seeds, sample
 from .sampling_params import SamplingParams
 from .sequence import Completion, FinishReason
 
-__all__ = ["CacheConfig", "Completion", "Engine", "FinishReason", "LogprobMismatch", "SampleOutput", "SamplingBatch",
+__all__ = ["CacheConfig", "Completion", "Engine", "FinishReason", "GenerationStats", "LogprobMismatch", "SampleOutput", "SamplingBatch",
            "SamplingParams", "completion_seeds", "logprob_mismatch", "request_seeds", "sample"]

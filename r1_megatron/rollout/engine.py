@@ -32,6 +32,7 @@ from r1_megatron.training.step import unwrap
 
 from .block_manager import BlockManager
 from .cache_config import CacheConfig
+from .generation_stats import GenerationStats
 from .model_runner import ModelRunner
 from .sampler import request_seeds
 from .sampling_params import SamplingParams
@@ -62,7 +63,7 @@ class Engine:
         self.num_blocks = self.cache_config.num_blocks_for(self.model, self.max_batch_size, self.max_seq_len)
         self.max_tokens_per_step = self.cache_config.tokens_per_step(self.max_batch_size)
         self.cache: KVCache | None = None
-        self.num_preemptions = 0  # over this engine's life: a cache too small for the batch shows here
+        self.stats = GenerationStats()  # of the last generate() call
 
     def parameters(self):
         """The tensors generation reads: the model's own parameters."""
@@ -107,15 +108,17 @@ class Engine:
         for group in groups:
             scheduler.add(group)
         runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len)
+        self.stats = stats = GenerationStats()
         while self._any_rank_has_work(scheduler.has_work):
             plan = scheduler.schedule()
             if plan is None:
                 runner.idle_forward()
                 continue
+            stats.record(plan, scheduler, blocks)
             logits_RV = runner.forward(plan)
             runner.sample(logits_RV, scheduler.computed(plan))
             scheduler.release_finished()
-        self.num_preemptions += scheduler.num_preemptions
+        stats.preemptions = scheduler.num_preemptions
         return [seq.completion() for group in groups for seq in group]
 
     # ------------------------------------------------------------------------------------------- helpers

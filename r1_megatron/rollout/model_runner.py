@@ -42,7 +42,7 @@ class ModelRunner:
         logit_index = [i for i, c in enumerate(decode) if c.samples]
         logit_index += [pc.end - 1 for pc, c in zip(chunks, prefill) if c.samples]
         ctx = ForwardContext(self.cache, torch.cat(positions).to(self.device), torch.cat(slots).to(self.device),
-                             torch.tensor(logit_index, device=self.device), self.max_seq_len, prefill=tuple(chunks),
+                             torch.tensor(logit_index, dtype=torch.int64, device=self.device), self.max_seq_len, prefill=tuple(chunks),
                              **ctx_fields)
         ids_1N = torch.tensor(ids, dtype=torch.int64, device=self.device)[None]
         with forward_context(ctx), torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 from r1_megatron.models import load_hf, logits
 from tests.models import hf_fixtures
 
-MODELS = {"deepseek_v3": hf_fixtures.deepseek_v3, "qwen2": hf_fixtures.qwen2}
+MODELS = {"deepseek_v3": hf_fixtures.deepseek_v3, "qwen2": hf_fixtures.qwen2, "llama": hf_fixtures.llama}
 # different lengths; the 7-token prompt is the longest, the 1-token one the shortest
 PROMPTS = [[3, 5, 7], [11, 12, 13, 14, 15, 16, 17], [9], [20, 21, 22, 23, 24]]
 
