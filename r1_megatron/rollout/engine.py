@@ -32,6 +32,7 @@ from r1_megatron.training.step import unwrap
 
 from .block_manager import BlockManager
 from .cache_config import CacheConfig
+from .decode_graphs import GraphConfig, StaticDecode, static_decode
 from .generation_stats import GenerationStats
 from .model_runner import ModelRunner
 from .sampler import request_seeds
@@ -42,11 +43,12 @@ from .sequence import Completion, Sequence
 
 class Engine:
     def __init__(self, model, *, max_batch_size: int, max_seq_len: int, eos_token_ids: Seq[int] = (), seed: int = 0,
-                 cache: CacheConfig | None = None):
+                 cache: CacheConfig | None = None, graphs: GraphConfig | None = None):
         """model: a model from load_hf/build_model, or the trainer's DDP-wrapped one; max_batch_size: sequences
         decoded together; max_seq_len: prompt + completion tokens per sequence; eos_token_ids: tokens that end
         every completion ("stop"); seed: seeds the draw of request seeds for unseeded params; cache: the paged
-        KV cache's settings (default: room for max_batch_size sequences of max_seq_len, never preempting)."""
+        KV cache's settings (default: room for max_batch_size sequences of max_seq_len, never preempting);
+        graphs: CUDA-graph decode (rollout/decode_graphs.py; on by default on GPU, eager on CPU)."""
         for name, value, low in (("max_batch_size", max_batch_size, 1), ("max_seq_len", max_seq_len, 2)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
                 raise ValueError(f"Engine: {name} must be an int >= {low}, got {value!r}")
@@ -62,7 +64,9 @@ class Engine:
         self.cache_config = cache or CacheConfig()
         self.num_blocks = self.cache_config.num_blocks_for(self.model, self.max_batch_size, self.max_seq_len)
         self.max_tokens_per_step = self.cache_config.tokens_per_step(self.max_batch_size)
+        self.graph_config = graphs or GraphConfig()
         self.cache: KVCache | None = None
+        self.static_decode: StaticDecode | None = None  # lives as long as the cache: graphs hold its addresses
         self.stats = GenerationStats()  # of the last generate() call
 
     def parameters(self):
@@ -82,12 +86,15 @@ class Engine:
         if was_sp:  # decode steps have one token per row: nothing to split over the sequence
             set_model_to_sequence_parallel(self.model, False)
         self.cache = KVCache(self.num_blocks, self.cache_config.block_size, mla_latent=self.cache_config.mla_latent)
+        self.static_decode = static_decode(self.model, self.cache, self.max_batch_size,
+                                           -(-self.max_seq_len // self.cache_config.block_size), self.max_seq_len,
+                                           self.graph_config, self.device)
         try:
             with offload if offload is not None else contextlib.nullcontext():
                 yield self
         finally:
             self.cache.free()
-            self.cache = None
+            self.cache = self.static_decode = None
             if was_sp:
                 set_model_to_sequence_parallel(self.model, True)
             self.model.train(was_training)
@@ -107,7 +114,8 @@ class Engine:
         groups = [self._sequences(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
         for group in groups:
             scheduler.add(group)
-        runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len)
+        runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len,
+                             self.static_decode)
         self.stats = stats = GenerationStats()
         while self._any_rank_has_work(scheduler.has_work):
             plan = scheduler.schedule()

@@ -11,14 +11,19 @@ import torch
 
 from r1_megatron.models.kv_cache import ForwardContext, KVCache, PrefillChunk, forward_context
 
+from .decode_graphs import StaticDecode
 from .sampler import SamplingBatch
 from .scheduler import Chunk, StepPlan
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model, cache: KVCache, device: torch.device, max_num_seqs: int, max_seq_len: int):
+    def __init__(self, model, cache: KVCache, device: torch.device, max_num_seqs: int, max_seq_len: int,
+                 static_decode: StaticDecode | None = None):
+        """static_decode: the bucketed static-buffer decode path (CUDA graphs), used for decode-only steps whose
+        batch fits a bucket; None decodes eagerly."""
         self.model, self.cache, self.device, self.max_seq_len = model, cache, device, max_seq_len
+        self.static_decode = static_decode
         self.block_size = cache.block_size
         max_blocks = -(-max_seq_len // self.block_size)
         self.block_table_RM = torch.zeros(max_num_seqs, max_blocks, dtype=torch.int32, device=device)
@@ -32,19 +37,11 @@ class ModelRunner:
         # one-token chunks (decode steps, or a prompt's last single token) attend exactly like decode rows
         decode = [c for c in plan.chunks if c.end - c.start == 1]
         prefill = plan.chunks[len(decode):]
-        ids, positions, slots, ctx_fields = self._decode_inputs(decode)
-        chunks = []
-        for chunk in prefill:
-            chunks.append(self._prefill_chunk(chunk, len(ids)))
-            ids += chunk.seq.tokens(chunk.start, chunk.end)
-            positions.append(torch.arange(chunk.start, chunk.end))
-            slots.append(self._slots(chunk))
-        logit_index = [i for i, c in enumerate(decode) if c.samples]
-        logit_index += [pc.end - 1 for pc, c in zip(chunks, prefill) if c.samples]
-        ctx = ForwardContext(self.cache, torch.cat(positions).to(self.device), torch.cat(slots).to(self.device),
-                             torch.tensor(logit_index, dtype=torch.int64, device=self.device), self.max_seq_len, prefill=tuple(chunks),
-                             **ctx_fields)
-        ids_1N = torch.tensor(ids, dtype=torch.int64, device=self.device)[None]
+        host_5D = self._decode_host(decode)
+        if not prefill and self.static_decode is not None and self.static_decode.bucket(len(decode)) is not None \
+                and all(c.samples for c in decode):
+            return self.static_decode.run(host_5D, self.block_table_RM)
+        ctx, ids_1N = self._context(decode, host_5D, prefill)
         with forward_context(ctx), torch.no_grad():
             logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=True)
         return logits_R1V[:, 0]
@@ -71,23 +68,38 @@ class ModelRunner:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _decode_inputs(self, decode: list[Chunk]):
-        """(ids, positions, slots, ForwardContext fields) of the decode rows, from one host tensor."""
-        if not decode:
-            return [], [], [], {}
+    def _decode_host(self, decode: list[Chunk]) -> torch.Tensor:
+        """int64 [5, D]: each decode row's token id, position, cache slot, block-table row and length (one
+        host tensor per step); the rows' block tables are synced first."""
         S = self.block_size
         for c in decode:
             self._sync_row(c.seq)
-        host_5D = torch.tensor([[c.seq.tokens(c.start, c.end)[0] for c in decode],
-                                [c.start for c in decode],
-                                [c.seq.block_ids[c.start // S] * S + c.start % S for c in decode],
-                                [c.seq.row for c in decode],
-                                [c.end for c in decode]], dtype=torch.int64)
-        used_blocks = -(-max(c.end for c in decode) // S)  # the torch path reads every column it is given
-        rows_D = host_5D[3].to(self.device)
-        fields = dict(num_decode=len(decode), block_table_DM=self.block_table_RM[rows_D, :used_blocks],
-                      seq_lens_D=host_5D[4].to(device=self.device, dtype=torch.int32))
-        return host_5D[0].tolist(), [host_5D[1]], [host_5D[2]], fields
+        return torch.tensor([[c.seq.tokens(c.start, c.end)[0] for c in decode],
+                             [c.start for c in decode],
+                             [c.seq.block_ids[c.start // S] * S + c.start % S for c in decode],
+                             [c.seq.row for c in decode],
+                             [c.end for c in decode]], dtype=torch.int64).view(5, len(decode))
+
+    def _context(self, decode: list[Chunk], host_5D: torch.Tensor, prefill: list[Chunk]):
+        """The eager forward's ForwardContext and flat token ids [1, N]."""
+        ids, positions, slots = host_5D[0].tolist(), [host_5D[1]], [host_5D[2]]
+        fields = {}
+        if decode:
+            used_blocks = -(-max(c.end for c in decode) // self.block_size)  # the torch path reads every column
+            fields = dict(num_decode=len(decode), seq_lens_D=host_5D[4].to(device=self.device, dtype=torch.int32),
+                          block_table_DM=self.block_table_RM[host_5D[3].to(self.device), :used_blocks])
+        chunks = []
+        for chunk in prefill:
+            chunks.append(self._prefill_chunk(chunk, len(ids)))
+            ids += chunk.seq.tokens(chunk.start, chunk.end)
+            positions.append(torch.arange(chunk.start, chunk.end))
+            slots.append(self._slots(chunk))
+        logit_index = [i for i, c in enumerate(decode) if c.samples]
+        logit_index += [pc.end - 1 for pc, c in zip(chunks, prefill) if c.samples]
+        ctx = ForwardContext(self.cache, torch.cat(positions).to(self.device), torch.cat(slots).to(self.device),
+                             torch.tensor(logit_index, dtype=torch.int64, device=self.device), self.max_seq_len,
+                             prefill=tuple(chunks), **fields)
+        return ctx, torch.tensor(ids, dtype=torch.int64, device=self.device)[None]
 
     def _sync_row(self, seq: Sequence) -> None:
         if self._table_rows[seq.row] != seq.block_ids:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from r1_megatron.rollout import CacheConfig, Engine, SamplingParams
+from r1_megatron.rollout.decode_graphs import GraphConfig, StaticDecode
 
 from .engine_fixtures import PROMPTS, load_pair, no_cache_greedy
 
@@ -81,3 +82,25 @@ def test_memory_fraction_sizes_the_pool_from_the_bytes_per_token(model):
         per_token = engine.cache.nbytes() / engine.cache.capacity_tokens
     assert per_token == kv_bytes_per_token(engine.model)
     assert engine.num_blocks >= 2
+
+
+def test_the_static_bucketed_decode_path_gives_the_eager_tokens(model):
+    """What CUDA-graph decode replays, run without capture on CPU: inputs copied into static buffers, the batch
+    padded to its bucket with rows on the scratch block, the full-width block table."""
+    params = SamplingParams(n=2, temperature=0.9, max_new_tokens=NEW_TOKENS, seed=3)
+    eager = Engine(model, max_batch_size=6, max_seq_len=32, graphs=GraphConfig(enabled=False))
+    static = Engine(model, max_batch_size=6, max_seq_len=32, graphs=GraphConfig(batch_sizes=(1, 4), capture=False))
+    with static.generating():
+        assert isinstance(static.static_decode, StaticDecode) and static.static_decode.buckets == [1, 4]
+        out = static.generate(PROMPTS, params)  # 6 rows decode eagerly (> 4); 2 rows in bucket 4, padded
+        assert static.static_decode.steps > 0
+    for a, b in zip(out, eager.generate(PROMPTS, params)):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+    with Engine(model, max_batch_size=2, max_seq_len=8).generating() as cpu:
+        assert cpu.static_decode is None  # no CUDA: eager decode
+
+
+def test_graph_settings_are_checked():
+    with pytest.raises(ValueError, match="graphs.batch_sizes must be increasing ints >= 1"):
+        GraphConfig(batch_sizes=(4, 2))
