@@ -17,6 +17,8 @@ from r1_megatron.data.synthetic import ArithmeticConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
 from r1_megatron.models.source import ModelSourceConfig  # noqa: F401  (re-exported: the model section's type)
+from r1_megatron.rollout.cache_config import CacheConfig
+from r1_megatron.rollout.decode_graphs import GraphConfig
 from r1_megatron.rollout.sampling_params import SamplingParams
 from r1_megatron.training.run_sections import CheckpointConfig, LoggingConfig, RunConfig  # noqa: F401
 
@@ -82,8 +84,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 1024
-    max_batch_size: int = 256  # KV-cache slots per rank (sequences decoded together)
+    max_batch_size: int = 256  # sequences decoded together per rank
     offload_training_state: bool = False  # GPU: optimizer state and grad buffers in host memory while generating
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)  # the paged KV cache (block size, size)
+    graphs: GraphConfig = dataclasses.field(default_factory=GraphConfig)  # CUDA-graph decode (GPU)
 
     def __post_init__(self):
         _positive("rollout", prompts_per_step=self.prompts_per_step, group_size=self.group_size,

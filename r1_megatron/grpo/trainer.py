@@ -64,7 +64,8 @@ class GRPOTrainer:
         self.reward_health = RewardHealth(cfg.rewards.max_failed_steps)
         self.ddp = run.build_policy()
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
-                             eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed)
+                             eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed,
+                             cache=cfg.rollout.cache, graphs=cfg.rollout.graphs)
         self.step_samples: list[dict] = []  # the completions samples.jsonl shows of the current step
         self.warm_start = WarmStartSummary()
         if not run.resumed and cfg.warm_start.max_steps:
