@@ -4,12 +4,13 @@ forces one). Importing this package never imports triton; the Triton modules loa
 """
 from .backend import Backend, select_backend
 from .cross_entropy import cross_entropy
+from .decode_attention import decode_attention
 from .group_advantage import group_advantages
 from .grpo_loss import grpo_loss, token_logprobs
 from .options import AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg
 from .rmsnorm import rms_norm
 
 __all__ = [
-    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "cross_entropy", "group_advantages",
-    "grpo_loss", "rms_norm", "select_backend", "token_logprobs",
+    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "cross_entropy", "decode_attention",
+    "group_advantages", "grpo_loss", "rms_norm", "select_backend", "token_logprobs",
 ]
