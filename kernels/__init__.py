@@ -11,6 +11,6 @@ from .options import AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg
 from .rmsnorm import rms_norm
 
 __all__ = [
-    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "cross_entropy", "group_advantages",
-    "grpo_loss", "rms_norm", "select_backend", "token_logprobs",
+    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "cross_entropy", "decode_attention",
+    "group_advantages", "grpo_loss", "rms_norm", "select_backend", "token_logprobs",
 ]

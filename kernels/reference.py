@@ -222,3 +222,33 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     x_c = x.to(_compute_dtype(x.dtype))
     y = x_c * torch.rsqrt(x_c.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.to(x_c.dtype)
     return y.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------- decode attention
+def decode_attention(q_BND: torch.Tensor, k_cache_PSGD: torch.Tensor, v_cache_PSGE: torch.Tensor,
+                     block_table_BM: torch.Tensor, seq_lens_B: torch.Tensor, softmax_scale: float,
+                     num_splits: int | None = None) -> torch.Tensor:
+    """Reference of `r1_megatron.kernels.decode_attention` (arguments as it validates them; float64 too):
+    out[b, n] = softmax(scale · q[b, n] · K_bᵀ) V_b over keys t < seq_lens_B[b], with K_b [M·S, G, D] and
+    V_b [M·S, G, E] gathered through block_table_BM[b], in fp32 (fp64 for fp64), returned in q's dtype.
+    Vectorised over rows; table entries past a row's length are replaced by block 0 and the keys/values past
+    it are masked out (a fresh cache block may hold NaN). A row of length 0 gives zeros. `num_splits` is
+    ignored (one pass)."""
+    B, N, D = q_BND.shape
+    _, S, G, E = v_cache_PSGE.shape
+    M = block_table_BM.shape[1]
+    dtype = _compute_dtype(q_BND.dtype)
+    lens_B1 = seq_lens_B.long()[:, None]
+    used_BM = torch.arange(M, device=q_BND.device) * S < lens_B1
+    blocks_BM = torch.where(used_BM, block_table_BM.long(), 0)
+    attended_BT = torch.arange(M * S, device=q_BND.device) < lens_B1
+    keys_BTGD = k_cache_PSGD[blocks_BM].flatten(1, 2).to(dtype)  # [B, M, S, G, D] → [B, M·S, G, D]
+    values_BTGE = v_cache_PSGE[blocks_BM].flatten(1, 2).to(dtype)
+    values_BTGE = torch.where(attended_BT[:, :, None, None], values_BTGE, 0)  # 0 · NaN would be NaN
+    q_BGRD = q_BND.to(dtype).reshape(B, G, N // G, D)  # query head n = g · (N / G) + r reads kv head g
+    scores_BGRT = torch.einsum("bgrd,btgd->bgrt", q_BGRD, keys_BTGD) * softmax_scale
+    scores_BGRT = scores_BGRT.masked_fill(~attended_BT[:, None, None, :], float("-inf"))
+    probs_BGRT = torch.softmax(scores_BGRT, dim=-1)
+    probs_BGRT = torch.where((lens_B1 > 0)[:, :, None, None], probs_BGRT, 0)  # length 0: softmax of all -inf is NaN
+    out_BGRE = torch.einsum("bgrt,btge->bgre", probs_BGRT, values_BTGE)
+    return out_BGRE.reshape(B, N, E).to(q_BND.dtype)

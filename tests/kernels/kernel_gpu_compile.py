@@ -22,6 +22,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from r1_megatron.kernels import decode_attention_triton as decode  # noqa: E402
 from r1_megatron.kernels import group_advantage_triton as adv  # noqa: E402
 from r1_megatron.kernels import grpo_loss_triton as loss  # noqa: E402
 from r1_megatron.kernels import rmsnorm_triton as norm  # noqa: E402
@@ -46,6 +47,21 @@ NORM_FWD = dict(x_ptr="*bf16", x_stride="i32", w_ptr="*fp32", y_ptr="*bf16", y_s
                 eps="fp32")
 NORM_BWD = dict(dy_ptr="*bf16", dy_stride="i32", x_ptr="*bf16", x_stride="i32", w_ptr="*fp32", rstd_ptr=F32,
                 dx_ptr="*bf16", dx_stride="i32", dw_part_ptr=F32, M="i32", H="i32")
+DECODE_SPLIT = dict(q_ptr="*bf16", stride_qb="i32", stride_qn="i32", stride_qd="i32", k_ptr="*bf16", stride_kp="i64",
+                    stride_ks="i32", stride_kg="i32", stride_kd="i32", v_ptr="*bf16", stride_vp="i64", stride_vs="i32",
+                    stride_vg="i32", stride_ve="i32", table_ptr="*i32", stride_tb="i32", stride_tm="i32",
+                    lens_ptr="*i32", stride_lb="i32", part_out_ptr=F32, part_lse_ptr=F32, N="i32", group="i32",
+                    head_tiles="i32", D="i32", E="i32", S="i32", M="i32", qk_scale="fp32")
+DECODE_SPLIT_FP32 = {k: F32 if k in ("q_ptr", "k_ptr", "v_ptr") else v for k, v in DECODE_SPLIT.items()}
+DECODE_REDUCE = dict(part_out_ptr=F32, part_lse_ptr=F32, out_ptr="*bf16", stride_ob="i32", stride_on="i32",
+                     splits="i32", E="i32")
+DECODE_ONES = ("stride_qd", "stride_kd", "stride_ve", "stride_tm", "stride_lb", "head_tiles")  # contiguous dims
+
+
+def _decode_consts(D: int, E: int, group: int) -> dict:
+    launch = decode.DecodeLaunch.for_dims(D, E, group)
+    return dict(BLOCK_H=launch.block_h, BLOCK_T=launch.block_t, BLOCK_D=launch.block_d, BLOCK_DT=launch.block_dt,
+                HAS_TAIL=launch.has_tail, BLOCK_E=launch.block_e, UPCAST=False)
 
 
 def jobs():
@@ -66,6 +82,13 @@ def jobs():
     yield norm._rms_norm_fwd_kernel, NORM_FWD, dict(BLOCK_H=8192), (), 16
     yield norm._rms_norm_fwd_kernel, NORM_FWD, dict(BLOCK_H=8), ("H",), 1
     yield norm._rms_norm_bwd_kernel, NORM_BWD, dict(BLOCK_H=8192), (), 16
+    # Qwen2-1.5B (12 heads over 2 kv heads), MHA (group 1), DeepSeek-V3's MLA latent cache at TP8, fp32 GQA
+    yield decode._decode_split_kernel, DECODE_SPLIT, _decode_consts(128, 128, 6), DECODE_ONES, 4
+    yield decode._decode_split_kernel, DECODE_SPLIT, _decode_consts(128, 128, 1), DECODE_ONES + ("group",), 4
+    yield decode._decode_split_kernel, DECODE_SPLIT, _decode_consts(576, 512, 16), DECODE_ONES, 4
+    yield decode._decode_split_kernel, DECODE_SPLIT_FP32, _decode_consts(128, 128, 8), DECODE_ONES, 4
+    yield decode._decode_reduce_kernel, DECODE_REDUCE, dict(BLOCK_SPLITS=64, BLOCK_E=512), (), 4
+    yield decode._decode_reduce_kernel, DECODE_REDUCE, dict(BLOCK_SPLITS=1, BLOCK_E=128), ("splits",), 4
 
 
 def compile_for_sm90(fn, runtime_sig: dict, consts: dict, ones: tuple, num_warps: int):

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -21,6 +22,7 @@ def _load(name):
     ("bench_cross_entropy", {"fwd", "bwd", "fwd+bwd"}),
     ("bench_rmsnorm", {"fwd", "bwd", "fwd+bwd"}),
     ("bench_group_advantages", {"fwd"}),
+    ("bench_decode_attention", {"fwd"}),
 ])
 def test_benchmark_runs_on_cpu(name, modes, tmp_path, capsys):
     out = tmp_path / f"{name}.json"
@@ -31,6 +33,23 @@ def test_benchmark_runs_on_cpu(name, modes, tmp_path, capsys):
     assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("eager", "triton") for m in modes}
     assert all(r["ms"] > 0 and 0 < r["pct_of_floor"] for r in rows)
     assert "provider" in capsys.readouterr().out  # the table was printed
+
+
+def test_decode_attention_benchmark_providers_agree_and_report_kv_bandwidth(tmp_path):
+    bench = _load("bench_decode_attention")
+    for model in bench.MODELS:  # the providers compute the same attention from their own cache layouts
+        inputs = bench.make_case(model, 2, 40, torch.float32, "cpu").make()
+        outs = [fn(inputs).reshape(2, inputs["q"].shape[1], -1) for fn in bench.providers("cpu", {}).values()]
+        assert len(outs) == 3 and all(torch.allclose(o, outs[0], atol=1e-5) for o in outs)
+    out = tmp_path / "decode.json"
+    bench.main(["--device", "cpu", "--tiny", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["model"], r["provider"]) for r in rows} == {
+        (m, p) for m in ("qwen2-1.5b", "dsv3-mla-tp8") for p in ("eager", "sdpa", "triton")}
+    for r in rows:  # 2 rows x 40 tokens of K (and V unless it is K's latent prefix), fp32
+        kv_bytes = 2 * 40 * {"qwen2-1.5b": 2 * 256, "dsv3-mla-tp8": 576}[r["model"]] * 4
+        assert r["us"] == pytest.approx(1e3 * r["ms"], abs=0.01)
+        assert r["kv_GBps"] == pytest.approx(kv_bytes / r["ms"] / 1e6, rel=0.01, abs=0.1)
 
 
 def test_launch_sweep_rows_use_the_forced_configuration(tmp_path, monkeypatch):
