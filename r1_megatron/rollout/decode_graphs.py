@@ -93,7 +93,7 @@ class StaticDecode:
         ctx = ForwardContext(self.cache, self.positions_R[:bucket], self.slots_R[:bucket],
                              self.logit_index_R[:bucket], self.max_positions, num_decode=bucket,
                              block_table_DM=self.block_table_RM[:bucket], seq_lens_D=self.seq_lens_R[:bucket])
-        with forward_context(ctx), torch.no_grad():
+        with forward_context(ctx), torch.inference_mode():
             return self._run_model(self.ids_R[:bucket][None], ctx.positions_N[None])
 
     def _model_forward(self, ids_1B: torch.Tensor, positions_1B: torch.Tensor) -> torch.Tensor:

@@ -117,15 +117,18 @@ class Engine:
         runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len,
                              self.static_decode)
         self.stats = stats = GenerationStats()
-        while self._any_rank_has_work(scheduler.has_work):
-            plan = scheduler.schedule()
-            if plan is None:
-                runner.idle_forward()
-                continue
-            stats.record(plan, scheduler, blocks)
-            logits_RV = runner.forward(plan)
-            runner.sample(logits_RV, scheduler.computed(plan))
-            scheduler.release_finished()
+        # inference mode, not just no_grad: no version counters or autograd metadata on any tensor of the loop
+        # (~15% of a small model's CPU decode step); the cache pools are allocated and written only in here
+        with torch.inference_mode():
+            while self._any_rank_has_work(scheduler.has_work):
+                plan = scheduler.schedule()
+                if plan is None:
+                    runner.idle_forward()
+                    continue
+                stats.record(plan, scheduler, blocks)
+                logits_RV = runner.forward(plan)
+                runner.sample(logits_RV, scheduler.computed(plan))
+                scheduler.release_finished()
         stats.preemptions = scheduler.num_preemptions
         return [seq.completion() for group in groups for seq in group]
 

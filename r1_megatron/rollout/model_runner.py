@@ -42,7 +42,7 @@ class ModelRunner:
                 and all(c.samples for c in decode):
             return self.static_decode.run(host_5D, self.block_table_RM)
         ctx, ids_1N = self._context(decode, host_5D, prefill)
-        with forward_context(ctx), torch.no_grad():
+        with forward_context(ctx), torch.inference_mode():
             logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=True)
         return logits_R1V[:, 0]
 
@@ -63,7 +63,7 @@ class ModelRunner:
         """A one-token forward outside the cache, for a rank with nothing to generate whose expert-parallel peers
         still do (every rank of an EP group must enter each MoE all-to-all)."""
         ids_11 = torch.zeros(1, 1, dtype=torch.int64, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             self.model(ids_11, torch.zeros_like(ids_11), None, runtime_gather_output=True)
 
     # ------------------------------------------------------------------------------------------- helpers
