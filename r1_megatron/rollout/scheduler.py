@@ -141,6 +141,8 @@ class Scheduler:
         return Chunk(seq, seq.num_computed, seq.num_computed + take)
 
     def _fork_siblings(self, leader: Sequence) -> list[Sequence]:
+        if not leader.siblings:
+            return []
         siblings, leader.siblings = leader.siblings, []
         for sibling in siblings:
             sibling.block_ids = self.blocks.fork(leader.block_ids)
