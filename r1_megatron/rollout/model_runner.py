@@ -41,9 +41,10 @@ class ModelRunner:
             slots.append(self._slots(chunk))
         logit_index = [i for i, c in enumerate(decode) if c.samples]
         logit_index += [pc.end - 1 for pc, c in zip(chunks, prefill) if c.samples]
+        # int64 even when empty (a step of prefill chunks none of which is a prompt's last): an index tensor
+        logit_index_R = torch.tensor(logit_index, dtype=torch.int64, device=self.device)
         ctx = ForwardContext(self.cache, torch.cat(positions).to(self.device), torch.cat(slots).to(self.device),
-                             torch.tensor(logit_index, device=self.device), self.max_seq_len, prefill=tuple(chunks),
-                             **ctx_fields)
+                             logit_index_R, self.max_seq_len, prefill=tuple(chunks), **ctx_fields)
         ids_1N = torch.tensor(ids, dtype=torch.int64, device=self.device)[None]
         with forward_context(ctx), torch.no_grad():
             logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=True)
