@@ -200,6 +200,7 @@ def bench_batch(hf_model, model, batch: int, args: argparse.Namespace, param_byt
                 bandwidth_Bps: float) -> dict:
     """One row: both sides on the same B prompts of P tokens."""
     from r1_megatron.rollout import Engine
+    from r1_megatron.rollout.cache_config import kv_bytes_per_token
 
     P, N = args.prompt_len, args.new_tokens
     g = torch.Generator().manual_seed(args.seed + batch)
@@ -209,15 +210,16 @@ def bench_batch(hf_model, model, batch: int, args: argparse.Namespace, param_byt
     with engine.generating():
         prompts = prompts_BP.tolist()
         t1, tN, ours = measure(lambda n: ours_generate(engine, prompts, n), args)
-        kv_bytes_per_token = engine.cache.nbytes() / (batch * (P + N))
     row = {"batch": batch, "prompt_len": P, "new_tokens": N}
     row.update({f"ours_{k}": v for k, v in split_times(t1, tN, batch, P, N).items()})
     row.update({f"hf_{k}": v for k, v in split_times(hf_t1, hf_tN, batch, P, N).items()})
     row["decode_speedup_vs_hf"] = row["hf_decode_ms_per_step"] / row["ours_decode_ms_per_step"]
     row["prefill_speedup_vs_hf"] = row["ours_prefill_tokens_per_s"] / row["hf_prefill_tokens_per_s"]
     row["token_agreement"], row["prefix_agreement"] = agreement(ours, theirs)
-    floor = decode_floor_ms(param_bytes, kv_bytes_per_token, batch, P + N / 2, bandwidth_Bps)
-    row.update(param_bytes=param_bytes, kv_bytes_per_token=kv_bytes_per_token, mean_context=P + N / 2,
+    # per token, not the pool's bytes over the tokens: the paged pool holds a scratch block and whole blocks
+    per_token = kv_bytes_per_token(engine.model, engine.cache_config.mla_latent)
+    floor = decode_floor_ms(param_bytes, per_token, batch, P + N / 2, bandwidth_Bps)
+    row.update(param_bytes=param_bytes, kv_bytes_per_token=per_token, mean_context=P + N / 2,
                floor_ms=floor, floor_fraction=floor / row["ours_decode_ms_per_step"],
                hf_floor_fraction=floor / row["hf_decode_ms_per_step"])
     return row

@@ -13,6 +13,7 @@ import pytest
 
 from r1_megatron.grpo.config import GRPORunConfig
 from r1_megatron.models.presets import preset
+from r1_megatron.rollout.cache_config import layer_kv_bytes_per_token
 from r1_megatron.run_config import DEFAULT_RECIPE, ConfigError, dump_run_config, load_run_config
 from r1_megatron.runtime import ParallelConfig
 from r1_megatron.training.optimizer import LRDecay
@@ -219,13 +220,19 @@ def test_documented_memory_arithmetic():
     assert round(static_gb("deepseek-v3-671b_r1zero_64nodes.yaml"), 2) == 49.47
     assert round(static_gb("qwen2.5-math-7b_1node.yaml"), 2) == 34.27
     assert round(static_gb("moonlight-16b-a3b_2nodes.yaml"), 2) == 32.16
-    v3 = preset("deepseek-v3-671b")
-    mla, slot = v3.mla, 1024 + 32768
-    expanded = v3.num_layers * (v3.num_attention_heads // 8) * (mla.qk_nope_head_dim + mla.qk_rope_head_dim
-                                                                 + mla.v_head_dim) * 2
-    latent = v3.num_layers * (mla.kv_lora_rank + mla.qk_rope_head_dim) * 2
-    assert (expanded, latent) == (624640, 70272)
-    assert (round(expanded * slot / 1e9, 2), round(latent * slot / 1e9, 2)) == (21.11, 2.37)
+    # KV cache bytes per token per GPU at TP 8 in bf16, by the function the engine sizes its cache with
+    v3, sequence, long_sequence = preset("deepseek-v3-671b"), 1024 + 32768, 1024 + 65536
+    latent, expanded = (v3.num_layers * layer_kv_bytes_per_token(v3, 8, 2, mode) for mode in (True, False))
+    assert (latent, expanded) == (70272, 624640)
+    assert v3.num_layers * layer_kv_bytes_per_token(v3, 1, 2, mla_latent=False) == 4997120
+    assert v3.num_layers * layer_kv_bytes_per_token(v3, 1, 2, mla_latent=True) == latent  # replicated over TP
+    assert (round(latent * sequence / 1e9, 2), round(expanded * sequence / 1e9, 2)) == (2.37, 21.11)
+    assert (round(latent * long_sequence / 1e9, 2), round(expanded * long_sequence / 1e9, 2)) == (4.68, 41.58)
+    free = (80 - 11.19 - 5) * 1e9  # per GPU while generating: less the bf16 weights and ~5 GB context/buffers
+    assert (int(free // (latent * sequence)), int(free // (latent * long_sequence))) == (26, 13)
+    moonlight = preset("moonlight-16b-a3b")
+    per_token = moonlight.num_layers * layer_kv_bytes_per_token(moonlight, 1, 2, mla_latent=True)
+    assert (per_token, round(per_token * 8192 / 1e9, 3), round(128 * per_token * 8192 / 1e9, 1)) == (31104, 0.255, 32.6)
 
 
 # ---- overrides ----------------------------------------------------------------------------------------------------

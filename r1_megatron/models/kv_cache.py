@@ -13,7 +13,7 @@ runs the ordinary training forward with no Megatron inference context, inside `f
 
 The cache is vLLM's paged layout: per layer, keys [num_blocks, block_size, heads, dim] and values likewise; a
 sequence's positions live in the blocks of its block table (rollout/block_manager.py), so memory is shared
-between the samples of a prompt and taken only as sequences grow. For MLA's latent cache (`latent_values`),
+between the samples of a prompt and taken only as sequences grow. For MLA's latent cache (models/mla.py),
 a layer caches one "key" per token, [compressed kv ; rope key], and its values are the first kv_lora_rank
 channels of that key (a view, no second copy).
 """

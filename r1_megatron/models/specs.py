@@ -1,4 +1,4 @@
-"""Megatron ModuleSpecs for our models: the only way our modules (norm, core attention, router) enter Megatron."""
+"""Megatron ModuleSpecs for our models: the only way our modules (norm, core attention, MLA, router) enter Megatron."""
 from __future__ import annotations
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -8,7 +8,7 @@ from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec_for_ba
 from megatron.core.post_training.modelopt.layers import Linear as ReplicatedLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.multi_latent_attention import MLASelfAttention, MLASelfAttentionSubmodules
+from megatron.core.transformer.multi_latent_attention import MLASelfAttentionSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import (
@@ -19,6 +19,7 @@ from megatron.core.transformer.transformer_layer import (
 
 from r1_megatron.models.attention import core_attention_module
 from r1_megatron.models.config import ModelConfig
+from r1_megatron.models.mla import LatentCacheMLASelfAttention
 from r1_megatron.models.norm import RMSNorm
 from r1_megatron.models.router import DeepSeekTopKRouter
 
@@ -49,7 +50,9 @@ def _attention_spec(model: ModelConfig, backend: R1SpecProvider) -> ModuleSpec:
         linear_q_proj=linear_in, linear_q_down_proj=ReplicatedLinear, linear_q_up_proj=linear_in,
         linear_kv_down_proj=ReplicatedLinear, linear_kv_up_proj=linear_in, core_attention=backend.core_attention(),
         linear_proj=linear_out, q_layernorm=latent_norm, kv_layernorm=latent_norm)
-    return ModuleSpec(module=MLASelfAttention, params={"attn_mask_type": AttnMaskType.causal}, submodules=submodules)
+    # MLASelfAttention itself, except in generation forwards with the latent cache (models/mla.py)
+    return ModuleSpec(module=LatentCacheMLASelfAttention, params={"attn_mask_type": AttnMaskType.causal},
+                      submodules=submodules)
 
 
 def _mlp_spec(model: ModelConfig, backend: R1SpecProvider, moe: bool) -> ModuleSpec:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from megatron.core.transformer.multi_latent_attention import MultiLatentAttention
+
+from r1_megatron.models.config import ModelConfig
 
 SCRATCH_BLOCKS = 1  # block 0 (rollout/block_manager.py)
 
@@ -59,21 +60,27 @@ class CacheConfig:
 
 def kv_bytes_per_token(model, mla_latent: bool = True) -> int:
     """Cache bytes one token takes on this rank, summed over this rank's layers (this pipeline stage, this
-    tensor-parallel shard of the heads): keys + values per layer, or MLA's latent + rope key when cached latent."""
-    total = 0
-    for layer in model.decoder.layers:
-        attention = layer.self_attention
-        size = next(attention.parameters()).element_size()
-        if isinstance(attention, MultiLatentAttention):
-            cfg = attention.config
-            if mla_latent and getattr(attention, "caches_latent", False):
-                total += (cfg.kv_lora_rank + cfg.qk_pos_emb_head_dim) * size
-            else:
-                heads = attention.num_attention_heads_per_partition
-                total += heads * (cfg.qk_head_dim + cfg.qk_pos_emb_head_dim + cfg.v_head_dim) * size
-        else:
-            total += 2 * attention.num_query_groups_per_partition * attention.hidden_size_per_attention_head * size
-    return total
+    tensor-parallel shard of the heads), in the dtype of the model's attention weights."""
+    layers = model.decoder.layers
+    attention = layers[0].self_attention
+    latent = mla_latent and getattr(attention, "caches_latent", False)
+    return len(layers) * layer_kv_bytes_per_token(model.model_config, attention.config.tensor_model_parallel_size,
+                                                  next(attention.parameters()).element_size(), latent)
+
+
+def layer_kv_bytes_per_token(model: ModelConfig, tp: int, element_size: int, mla_latent: bool) -> int:
+    """Cache bytes of one token in one attention layer on one of `tp` tensor-parallel ranks:
+      MLA latent (models/mla.py):  (kv_lora_rank + qk_rope_head_dim) · element_size, the same on every TP rank
+                                   (every head reads the whole latent, so it is replicated, not split);
+      MLA expanded:                heads / tp · (qk_nope + qk_rope + v_head_dim) · element_size (keys + values);
+      MHA / GQA:                   2 · num_kv_heads / tp · head_dim · element_size."""
+    mla = model.mla
+    if mla is None:
+        return 2 * (model.num_kv_heads // tp) * model.head_dim * element_size
+    if mla_latent:
+        return (mla.kv_lora_rank + mla.qk_rope_head_dim) * element_size
+    head_dims = mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim
+    return model.num_attention_heads // tp * head_dims * element_size
 
 
 def _free_memory(device: torch.device) -> int:

@@ -1,5 +1,6 @@
-"""Generation at TP2, EP2 and TP2+EP2 gives TP1's greedy tokens and seeded samples; EP ranks with unequal work
-stay in lockstep; the model (its sequence-parallel setting, its logits) is restored after generation."""
+"""Generation at TP2, EP2 and TP2+EP2 gives TP1's greedy tokens and seeded samples, with MLA's latent cache and
+with the expanded one; EP ranks with unequal work stay in lockstep; the model (its sequence-parallel setting, its
+logits) is restored after generation."""
 import pytest
 
 from r1_megatron.models import load_hf
@@ -17,11 +18,13 @@ def workdir(tmp_path_factory):
 
 
 def test_tp_and_ep_generate_what_one_process_generates(workdir):
-    runs = ["tp2:dsv3", "ep2:dsv3", "tp2ep2:dsv3", "tp2sp:qwen2"]  # MLA/MoE at TP2 always use SP
+    # MLA/MoE at TP2 always use SP; dsv3 generates with MLA's latent cache (the default), and once with the
+    # expanded per-head cache at TP2, where each rank caches its own heads' keys and values
+    runs = ["tp2:dsv3", "ep2:dsv3", "tp2ep2:dsv3", "tp2:dsv3:expanded", "tp2sp:qwen2"]
     results = torchrun("generate", workdir, nproc=2, extra=(",".join(runs),))
     reference = {ckpt: generate_requests(load_hf(workdir / "ckpts" / ckpt)) for ckpt in ("dsv3", "qwen2")}
     for run in runs:
-        layout, ckpt = run.split(":")
+        layout, ckpt, *_ = run.split(":")
         dp_size = 2 if layout == "ep2" else 1  # EP2 alone on 2 ranks: two data-parallel replicas of the dense part
         for rank, result in enumerate(results):
             got = result[run]

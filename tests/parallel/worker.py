@@ -15,7 +15,7 @@ from megatron.core import parallel_state
 
 from r1_megatron.models import load_hf, logits, save_hf
 from r1_megatron.parallel import ParallelConfig, initialize
-from r1_megatron.rollout import Engine, SamplingParams
+from r1_megatron.rollout import CacheConfig, Engine, SamplingParams
 from r1_megatron.runtime import seed_everything
 from r1_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1_megatron.training.step import unwrap
@@ -56,9 +56,10 @@ def generation_requests(dp_rank: int, dp_size: int) -> dict[str, tuple[list[int]
                                 for i in share])}
 
 
-def generate_requests(model, dp_rank: int = 0, dp_size: int = 1) -> dict[str, dict[str, list[int]]]:
+def generate_requests(model, dp_rank: int = 0, dp_size: int = 1,
+                      cache: CacheConfig | None = None) -> dict[str, dict[str, list[int]]]:
     """{kind: {"prompt/sample": token ids}} for this rank's requests, with 2 slots (continuous batching)."""
-    engine = Engine(model, max_batch_size=2, max_seq_len=24)
+    engine = Engine(model, max_batch_size=2, max_seq_len=24, cache=cache)
     out = {}
     for kind, (share, params) in generation_requests(dp_rank, dp_size).items():
         completions = engine.generate([GEN_PROMPTS[i] for i in share], params)
@@ -68,16 +69,17 @@ def generate_requests(model, dp_rank: int = 0, dp_size: int = 1) -> dict[str, di
 
 
 def generate_scenario(workdir: Path, runs: str) -> dict:
-    """runs: comma-separated LAYOUT:CKPT. Generated tokens per request, the SP flag around generation, and whether
-    the logits after generation equal those before (the model is restored exactly)."""
+    """runs: comma-separated LAYOUT:CKPT[:expanded] (expanded: MLA's per-head K/V cache instead of the latent).
+    Generated tokens per request, the SP flag around generation, and whether the logits after generation equal
+    those before (the model is restored exactly)."""
     out = {}
     for run in runs.split(","):
-        layout, ckpt = run.split(":")
+        layout, ckpt, *mode = run.split(":")
         initialize(**LAYOUTS[layout])
         model = load_hf(workdir / "ckpts" / ckpt)
         probe = torch.tensor([GEN_PROMPTS[1]])
         before, sp_before = logits(model, probe), model.config.sequence_parallel
-        tokens = generate_requests(model, *_dp())
+        tokens = generate_requests(model, *_dp(), cache=CacheConfig(mla_latent=mode != ["expanded"]))
         out[run] = {"tokens": tokens, "sp": [sp_before, model.config.sequence_parallel],
                     "logits_unchanged": bool(torch.equal(before, logits(model, probe)))}
     return out
