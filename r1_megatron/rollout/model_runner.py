@@ -25,7 +25,8 @@ class ModelRunner:
         self._table_rows: list[list[int]] = [[] for _ in range(max_num_seqs)]
 
     def forward(self, plan: StepPlan) -> torch.Tensor:
-        """Logits [R, V] of the chunks that sample, in plan order."""
+        """Logits [R, V] of the chunks that sample, in plan order (on a pipeline stage before the last: the
+        stage's hidden states [N, H] of the step's N tokens, rollout/pipeline_stages.py)."""
         if plan.copies:
             src, dst = zip(*((c.src, c.dst) for c in plan.copies))
             self.cache.copy_blocks(torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device))
@@ -41,9 +42,10 @@ class ModelRunner:
             slots.append(self._slots(chunk))
         logit_index = [i for i, c in enumerate(decode) if c.samples]
         logit_index += [pc.end - 1 for pc, c in zip(chunks, prefill) if c.samples]
+        # int64 even when empty (a step of prefill chunks that do not reach their prompt's end samples nothing)
+        logit_index_R = torch.tensor(logit_index, dtype=torch.int64, device=self.device)
         ctx = ForwardContext(self.cache, torch.cat(positions).to(self.device), torch.cat(slots).to(self.device),
-                             torch.tensor(logit_index, device=self.device), self.max_seq_len, prefill=tuple(chunks),
-                             **ctx_fields)
+                             logit_index_R, self.max_seq_len, prefill=tuple(chunks), **ctx_fields)
         ids_1N = torch.tensor(ids, dtype=torch.int64, device=self.device)[None]
         with forward_context(ctx), torch.no_grad():
             logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=True)
