@@ -48,7 +48,7 @@ def _from_last_stage(collected, i: int, batch: MicroBatch) -> torch.Tensor:
     out = collected[i][:, :T].float() if parallel_state.is_pipeline_last_stage() else None
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return out
-    out = out if out is not None else torch.empty(batch.shape, dtype=torch.float32)
+    out = out if out is not None else torch.empty(batch.shape, dtype=torch.float32, device=batch.labels.device)
     torch.distributed.broadcast(out, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                                 group=parallel_state.get_pipeline_model_parallel_group())
     return out

@@ -4,13 +4,14 @@ Each step: sample prompts → generate G completions each with the engine on the
 with the rule rewards → group-normalised advantages (fused kernel) → old-policy and reference log-probabilities →
 μ epochs of mini-batch optimizer steps on the clipped-ratio + KL loss (fused kernel, from vocab-parallel logits)
 → log, checkpoint. Data parallelism splits the prompts; every rank of a tensor/expert-parallel group generates and
-trains the same rows together.
+trains the same rows together, and so does every stage of a pipeline (the loss statistics come from its last).
 """
 from __future__ import annotations
 
 import time
 
 import torch
+from megatron.core import parallel_state
 
 from r1_megatron.kernels import group_advantages
 from r1_megatron.rewards.runner import RewardConfig, RewardRunner
@@ -34,6 +35,10 @@ from .task import build_task, sample_seed
 from .warm_start import warm_start
 
 
+# what the loss function records: known on the last pipeline stage only (mismatch/max last: a maximum)
+LOSS_STATS = ("mismatch/mean", "loss/kl", "loss/clip_frac", "loss/entropy", "mismatch/max")
+
+
 class WarmStartSummary:
     """What the warm start reported (step 1's metrics show it, resumed or not); checkpointed with the run."""
 
@@ -50,9 +55,6 @@ class WarmStartSummary:
 class GRPOTrainer:
     def __init__(self, cfg: GRPORunConfig, *, resume: bool = False):
         self.cfg = cfg
-        if cfg.parallel.pp > 1:
-            raise ValueError("parallel.pp > 1: the generation engine does not support pipeline parallelism yet; "
-                             "use tp/ep (and data parallelism) for GRPO")
         self.total_steps = cfg.steps
         self.run = run = Run(cfg, resume=resume, command="train grpo")
         self.dp_rank, self.dp_size, self.dp_group = run.dp_rank, run.dp_size, run.dp_group
@@ -263,10 +265,11 @@ class GRPOTrainer:
         return shown
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
-        for name in ("mismatch/mean", "loss/kl", "loss/clip_frac", "loss/entropy"):
+        for name in LOSS_STATS[:-1]:
             stats.add(name, 0.0, 0.0)  # same keys on every rank
         stats.max("mismatch/max", 0.0)
         out = stats.reduce(self.dp_group)
+        out.update(from_last_stage({name: out[name] for name in LOSS_STATS}, self.engine.device))
         out["throughput/tokens_per_s"] = out.pop("rollout/tokens") / max(out["time/step"], 1e-9)  # generated
         out["advantage/std"] = max(out.pop("advantage/square_mean") - out["advantage/mean"] ** 2, 0.0) ** 0.5
         out.update(self.warm_start.metrics if self.step == 1 else {})
@@ -282,6 +285,16 @@ class GRPOTrainer:
     def _max_seq_len(self) -> int:
         longest = max(len(s.prompt_ids) for s in self.task.dataset.samples)
         return longest + self.cfg.rollout.max_new_tokens + 1
+
+
+def from_last_stage(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The last pipeline stage's `values` on every stage (the same dict without pipeline parallelism)."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return values
+    values_K = torch.tensor(list(values.values()), dtype=torch.float64, device=device)  # NCCL: a device tensor
+    torch.distributed.broadcast(values_K, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                                group=parallel_state.get_pipeline_model_parallel_group())
+    return dict(zip(values, values_K.tolist()))
 
 
 def reward_inputs(tokenizer, prompts, completions) -> tuple[list[str], list[dict]]:

@@ -11,10 +11,12 @@ The KV cache is paged (models/kv_cache.py, rollout/block_manager.py): CacheConfi
 size (a block count or a fraction of free device memory); the n samples of a prompt share the prompt's blocks;
 when blocks run out a running sequence is preempted and recomputed later (rollout/scheduler.py).
 
-Parallelism: every rank of a tensor-parallel group must pass the same prompts and params (checked); ranks that
-differ only in data parallelism may pass different prompts. With expert parallelism, ranks step in lockstep
-(an all-reduce over the expert-parallel group per step) and a rank whose work is done runs one-token idle forwards while its peers finish,
-since every EP rank must enter each MoE all-to-all. Pipeline parallelism is not supported for generation yet.
+Parallelism: every rank of a tensor-parallel and of a pipeline-parallel group must pass the same prompts and
+params (checked); ranks that differ only in data parallelism may pass different prompts. With expert parallelism,
+ranks step in lockstep (an all-reduce over the expert-parallel group per step) and a rank whose work is done runs
+one-token idle forwards while its peers finish, since every EP rank must enter each MoE all-to-all. With pipeline
+parallelism every stage runs the same scheduler; a step's sequences go through the stages as micro-batches, the
+last stage samples and broadcasts the tokens (rollout/pipeline_stages.py), and the tokens equal one process's.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from .cache_config import CacheConfig
 from .decode_graphs import GraphConfig, StaticDecode, static_decode
 from .generation_stats import GenerationStats
 from .model_runner import ModelRunner
+from .pipeline_stages import PipelineStages
 from .sampler import request_seeds
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -43,31 +46,37 @@ from .sequence import Completion, Sequence
 
 class Engine:
     def __init__(self, model, *, max_batch_size: int, max_seq_len: int, eos_token_ids: Seq[int] = (), seed: int = 0,
-                 cache: CacheConfig | None = None, graphs: GraphConfig | None = None):
+                 cache: CacheConfig | None = None, graphs: GraphConfig | None = None,
+                 pipeline_micro_batches: int | None = None):
         """model: a model from load_hf/build_model, or the trainer's DDP-wrapped one; max_batch_size: sequences
         decoded together; max_seq_len: prompt + completion tokens per sequence; eos_token_ids: tokens that end
         every completion ("stop"); seed: seeds the draw of request seeds for unseeded params; cache: the paged
         KV cache's settings (default: room for max_batch_size sequences of max_seq_len, never preempting);
-        graphs: CUDA-graph decode (rollout/decode_graphs.py; on by default on GPU, eager on CPU)."""
-        for name, value, low in (("max_batch_size", max_batch_size, 1), ("max_seq_len", max_seq_len, 2)):
+        graphs: CUDA-graph decode (rollout/decode_graphs.py; on by default on GPU, eager on CPU);
+        pipeline_micro_batches: with pipeline parallelism, the micro-batches a step is cut into (default: the
+        pipeline size, so that every stage has one to work on)."""
+        checks = [("max_batch_size", max_batch_size, 1), ("max_seq_len", max_seq_len, 2)]
+        if pipeline_micro_batches is not None:
+            checks.append(("pipeline_micro_batches", pipeline_micro_batches, 1))
+        for name, value, low in checks:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
                 raise ValueError(f"Engine: {name} must be an int >= {low}, got {value!r}")
-        if parallel_state.model_parallel_is_initialized() and \
-                parallel_state.get_pipeline_model_parallel_world_size() > 1:
-            raise ValueError("Engine: generation with pipeline parallelism (pp > 1) is not supported yet; generate "
-                             "at tp/ep only (load the checkpoint at a pp=1 layout)")
         self.model = unwrap(model)
         self.max_batch_size, self.max_seq_len = int(max_batch_size), int(max_seq_len)
         self.eos_token_ids = frozenset(_token_ids("eos_token_ids", eos_token_ids))
         self.generator = torch.Generator().manual_seed(seed)
         self.device = next(self.model.parameters()).device
         self.cache_config = cache or CacheConfig()
-        self.num_blocks = self.cache_config.num_blocks_for(self.model, self.max_batch_size, self.max_seq_len)
+        self.num_blocks = self._same_across_model_parallel(
+            self.cache_config.num_blocks_for(self.model, self.max_batch_size, self.max_seq_len))
         self.max_tokens_per_step = self.cache_config.tokens_per_step(self.max_batch_size)
         self.graph_config = graphs or GraphConfig()
         self.cache: KVCache | None = None
         self.static_decode: StaticDecode | None = None  # lives as long as the cache: graphs hold its addresses
         self.stats = GenerationStats()  # of the last generate() call
+        pp = parallel_state.get_pipeline_model_parallel_world_size() \
+            if parallel_state.model_parallel_is_initialized() else 1
+        self.pipeline = PipelineStages(self.model, self.device, int(pipeline_micro_batches or pp)) if pp > 1 else None
 
     def parameters(self):
         """The tensors generation reads: the model's own parameters."""
@@ -86,9 +95,10 @@ class Engine:
         if was_sp:  # decode steps have one token per row: nothing to split over the sequence
             set_model_to_sequence_parallel(self.model, False)
         self.cache = KVCache(self.num_blocks, self.cache_config.block_size, mla_latent=self.cache_config.mla_latent)
-        self.static_decode = static_decode(self.model, self.cache, self.max_batch_size,
-                                           -(-self.max_seq_len // self.cache_config.block_size), self.max_seq_len,
-                                           self.graph_config, self.device)
+        # pipeline stages pass exact token counts to each other: no bucket padding there
+        self.static_decode = None if self.pipeline is not None else static_decode(
+            self.model, self.cache, self.max_batch_size, -(-self.max_seq_len // self.cache_config.block_size),
+            self.max_seq_len, self.graph_config, self.device)
         try:
             with offload if offload is not None else contextlib.nullcontext():
                 yield self
@@ -108,7 +118,7 @@ class Engine:
                 return self.generate(prompt_token_ids, params)
         prompts = self._check_prompts(prompt_token_ids)
         per_prompt = self._per_prompt_params(params, len(prompts))
-        self._check_same_across_tensor_parallel(prompts, per_prompt)
+        self._check_same_across_model_parallel(prompts, per_prompt)
         blocks = BlockManager(self.num_blocks, self.cache_config.block_size)
         scheduler = Scheduler(blocks, self.max_batch_size, self.max_tokens_per_step)
         groups = [self._sequences(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
@@ -117,22 +127,33 @@ class Engine:
         runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len,
                              self.static_decode)
         self.stats = stats = GenerationStats()
+
+        def record(plan):
+            stats.record(plan, scheduler, blocks)
+
         # inference mode, not just no_grad: no version counters or autograd metadata on any tensor of the loop
         # (~15% of a small model's CPU decode step); the cache pools are allocated and written only in here
         with torch.inference_mode():
-            while self._any_rank_has_work(scheduler.has_work):
-                plan = scheduler.schedule()
-                if plan is None:
-                    runner.idle_forward()
-                    continue
-                stats.record(plan, scheduler, blocks)
-                logits_RV = runner.forward(plan)
-                runner.sample(logits_RV, scheduler.computed(plan))
-                scheduler.release_finished()
+            if self.pipeline is not None:
+                self.pipeline.run(scheduler, runner, record)
+            else:
+                self._run(scheduler, runner, record)
         stats.preemptions = scheduler.num_preemptions
         return [seq.completion() for group in groups for seq in group]
 
     # ------------------------------------------------------------------------------------------- helpers
+
+    def _run(self, scheduler: Scheduler, runner: ModelRunner, record) -> None:
+        """Step until no rank of the expert-parallel group has work (one process: until this one has none)."""
+        while self._any_rank_has_work(scheduler.has_work):
+            plan = scheduler.schedule()
+            if plan is None:
+                runner.idle_forward()
+                continue
+            record(plan)
+            logits_RV = runner.forward(plan)
+            runner.sample(logits_RV, scheduler.computed(plan))
+            scheduler.release_finished()
 
     def _sequences(self, prompt_index: int, prompt: list[int], params: SamplingParams) -> list[Sequence]:
         stop = self.eos_token_ids | frozenset(params.stop_token_ids)
@@ -164,20 +185,26 @@ class Engine:
                              f"{len(params)} items")
         return params
 
-    def _check_same_across_tensor_parallel(self, prompts, params) -> None:
-        """TP ranks compute one model together: different inputs would silently mix (or hang)."""
-        if not parallel_state.model_parallel_is_initialized() or \
-                parallel_state.get_tensor_model_parallel_world_size() == 1:
-            return
+    def _check_same_across_model_parallel(self, prompts, params) -> None:
+        """TP ranks compute one model together, and pipeline stages run one scheduler each on the same requests:
+        different inputs would silently mix (or hang)."""
         digest = hashlib.sha256(repr((prompts, params, self.generator.get_state().tolist())).encode()).digest()
-        mine = torch.tensor(list(digest[:8]), dtype=torch.int64, device=self.device)  # NCCL needs device tensors
-        group = parallel_state.get_tensor_model_parallel_group()
-        low, high = mine.clone(), mine.clone()
-        torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN, group=group)
-        torch.distributed.all_reduce(high, torch.distributed.ReduceOp.MAX, group=group)
-        if not torch.equal(low, high):
-            raise ValueError("generate: tensor-parallel ranks passed different prompts, params or engine seeds; "
-                             "every rank of a TP group must generate the same requests")
+        for name, group in _model_parallel_groups():
+            mine = torch.tensor(list(digest[:8]), dtype=torch.int64, device=self.device)  # NCCL: device tensors
+            low, high = mine.clone(), mine.clone()
+            torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN, group=group)
+            torch.distributed.all_reduce(high, torch.distributed.ReduceOp.MAX, group=group)
+            if not torch.equal(low, high):
+                raise ValueError(f"generate: {name} ranks passed different prompts, params or engine seeds; every "
+                                 f"rank of a {name} group must generate the same requests")
+
+    def _same_across_model_parallel(self, num_blocks: int) -> int:
+        """The smallest block count of the TP and PP groups: each stage sizes its pool from its own layers and
+        free memory (memory_fraction), but the ranks' schedulers must see one pool size."""
+        count_1 = torch.tensor([num_blocks], dtype=torch.int64, device=self.device)
+        for _, group in _model_parallel_groups():
+            torch.distributed.all_reduce(count_1, torch.distributed.ReduceOp.MIN, group=group)
+        return int(count_1.item())
 
     def _any_rank_has_work(self, has_work: bool) -> bool:
         if not parallel_state.model_parallel_is_initialized() or \
@@ -188,6 +215,17 @@ class Engine:
         torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX,
                                      group=parallel_state.get_expert_model_parallel_group())
         return bool(flag.item())
+
+
+def _model_parallel_groups() -> list[tuple[str, object]]:
+    """(name, group) of the tensor- and pipeline-parallel groups of more than one rank."""
+    if not parallel_state.model_parallel_is_initialized():
+        return []
+    groups = [("tensor-parallel", parallel_state.get_tensor_model_parallel_world_size(),
+               parallel_state.get_tensor_model_parallel_group),
+              ("pipeline-parallel", parallel_state.get_pipeline_model_parallel_world_size(),
+               parallel_state.get_pipeline_model_parallel_group)]
+    return [(name, get()) for name, size, get in groups if size > 1]
 
 
 def _token_ids(name: str, ids) -> list[int]:

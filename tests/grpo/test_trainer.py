@@ -172,10 +172,11 @@ def test_resume_continues_to_the_same_metrics(first_run, initial_model, tmp_path
     assert samples(tmp_path / "run") == samples(first_run)
 
 
-@pytest.mark.parametrize("layout", ["ep2", "tp2"])
+@pytest.mark.parametrize("layout", ["ep2", "tp2", "pp2"])
 def test_two_processes_give_the_single_process_metrics(first_run, initial_model, tmp_path, layout):
     """With the distributed optimizer (which used to crash at the first step): at EP2 the dense parameters' Adam
-    state is sharded over 2 data-parallel ranks, at TP2 over 1; both match the 1-process plain optimizer."""
+    state is sharded over 2 data-parallel ranks, at TP2 and PP2 over 1; all match the 1-process plain optimizer.
+    PP2 generates through both stages and logs the loss statistics its last stage computed."""
     from r1_megatron.models import load_hf
     from tests.parallel.launch import torchrun
 

@@ -56,16 +56,16 @@ def generation_requests(dp_rank: int, dp_size: int) -> dict[str, tuple[list[int]
                                 for i in share])}
 
 
-def generate_requests(model, dp_rank: int = 0, dp_size: int = 1,
-                      cache: CacheConfig | None = None) -> dict[str, dict[str, list[int]]]:
-    """{kind: {"prompt/sample": token ids}} for this rank's requests, with 2 slots (continuous batching)."""
-    engine = Engine(model, max_batch_size=2, max_seq_len=24, cache=cache)
+def generate_requests(model, dp_rank: int = 0, dp_size: int = 1, **engine) -> dict:
+    """{kind: {"prompt/sample": token ids}} for this rank's requests, with 2 slots (continuous batching) unless
+    `engine` (Engine keyword arguments) says otherwise; "preemptions": how often the engine preempted."""
+    engine = Engine(model, **{"max_batch_size": 2, "max_seq_len": 24, **engine})
     out = {}
     for kind, (share, params) in generation_requests(dp_rank, dp_size).items():
         completions = engine.generate([GEN_PROMPTS[i] for i in share], params)
         n = params[0].n
         out[kind] = {f"{share[k // n]}/{k % n}": c.token_ids for k, c in enumerate(completions)}
-    return out
+    return {**out, "preemptions": engine.stats.preemptions}
 
 
 def generate_scenario(workdir: Path, runs: str) -> dict:
@@ -85,13 +85,23 @@ def generate_scenario(workdir: Path, runs: str) -> dict:
     return out
 
 
-def generate_pp_scenario(workdir: Path, ckpt: str) -> dict:
-    initialize(**LAYOUTS["pp2"])
-    try:
-        Engine(load_hf(workdir / "ckpts" / ckpt), max_batch_size=2, max_seq_len=24)
-    except ValueError as e:
-        return {"error": str(e)}
-    return {"error": None}
+# 4 slots in 8 blocks of 4 tokens and 6 tokens a step: sequences are preempted, prompts prefilled in chunks
+PP_ENGINE = dict(max_batch_size=4, max_seq_len=24, cache=CacheConfig(block_size=4, num_blocks=8, max_tokens_per_step=6))
+
+
+def generate_pp_scenario(workdir: Path, layout: str, ckpts: str) -> dict:
+    """At `layout`, per checkpoint: the tokens of generate_requests(PP_ENGINE) (this DP rank's share), each step
+    cut into 2 and 3 micro-batches; the pool size a memory fraction gives (each stage measures its own free
+    memory); and the error when the stages of a pipeline pass different prompts."""
+    initialize(**LAYOUTS[layout])
+    out = {}
+    for ckpt in ckpts.split(","):
+        model = load_hf(workdir / "ckpts" / ckpt)
+        out[ckpt] = {str(m): generate_requests(model, *_dp(), **PP_ENGINE, pipeline_micro_batches=m) for m in (2, 3)}
+    engine = Engine(model, max_batch_size=2, max_seq_len=24, cache=CacheConfig(memory_fraction=0.5))
+    out["num_blocks"] = engine.num_blocks
+    out["error"] = _outcome(lambda: engine.generate([GEN_PROMPTS[RANK]]))
+    return out
 
 
 def grpo_scenario(workdir: Path, layout: str, steps: str, initial_model: str) -> dict:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from r1_megatron.rollout import Engine, FinishReason, SamplingParams, logprob_mismatch
+from r1_megatron.rollout import CacheConfig, Engine, FinishReason, SamplingParams, logprob_mismatch
 
 from .engine_fixtures import PROMPTS, forward_logprobs, load_pair, no_cache_greedy
 
@@ -28,6 +28,15 @@ def test_greedy_equals_no_cache_decoding(pair):
         want = no_cache_greedy(model, PROMPTS[c.prompt_index], NEW_TOKENS[c.prompt_index])
         assert c.token_ids == want
         assert c.finish_reason is FinishReason.LENGTH
+
+
+def test_chunked_prefill_steps_that_sample_nothing(pair):
+    """A budget of 2 tokens per step: the 7-token prompt alone is prefilled over steps whose chunks do not reach
+    its end (no logits to compute), and still decodes what no-cache decoding does."""
+    _, model = pair
+    engine = Engine(model, max_batch_size=1, max_seq_len=16, cache=CacheConfig(max_tokens_per_step=2))
+    out = engine.generate([PROMPTS[1]], SamplingParams(temperature=0, max_new_tokens=3))
+    assert out[0].token_ids == no_cache_greedy(model, PROMPTS[1], 3)
 
 
 def test_greedy_equals_transformers_generate(pair):
@@ -130,5 +139,7 @@ def test_bad_engine_arguments(pair):
         Engine(model, max_batch_size=0, max_seq_len=8)
     with pytest.raises(ValueError, match="max_seq_len must be an int >= 2"):
         Engine(model, max_batch_size=1, max_seq_len=1.5)
+    with pytest.raises(ValueError, match="pipeline_micro_batches must be an int >= 1, got 0"):
+        Engine(model, max_batch_size=1, max_seq_len=8, pipeline_micro_batches=0)
     with pytest.raises(ValueError, match="one SamplingParams or one per prompt \\(2\\)"):
         Engine(model, max_batch_size=1, max_seq_len=8).generate([[1], [2]], [SamplingParams()])
