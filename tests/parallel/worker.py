@@ -60,12 +60,13 @@ def generate_requests(model, dp_rank: int = 0, dp_size: int = 1, **engine) -> di
     """{kind: {"prompt/sample": token ids}} for this rank's requests, with 2 slots (continuous batching) unless
     `engine` (Engine keyword arguments) says otherwise; "preemptions": how often the engine preempted."""
     engine = Engine(model, **{"max_batch_size": 2, "max_seq_len": 24, **engine})
-    out = {}
+    out, preemptions = {}, 0
     for kind, (share, params) in generation_requests(dp_rank, dp_size).items():
         completions = engine.generate([GEN_PROMPTS[i] for i in share], params)
+        preemptions += engine.stats.preemptions
         n = params[0].n
         out[kind] = {f"{share[k // n]}/{k % n}": c.token_ids for k, c in enumerate(completions)}
-    return {**out, "preemptions": engine.stats.preemptions}
+    return {**out, "preemptions": preemptions}
 
 
 def generate_scenario(workdir: Path, runs: str) -> dict:
