@@ -9,12 +9,13 @@ With algorithm.max_tokens_per_micro_batch the sequences are packed instead, seve
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 
 from r1_megatron.kernels.options import LossAgg
 from r1_megatron.training.micro_batch import MicroBatch
-from r1_megatron.training.packing import TrainSequence, empty_batch, pack_batches
+from r1_megatron.training.packing import TrainSequence, empty_batch, flat_tensor, pack_batches
 
 
 @dataclasses.dataclass
@@ -45,33 +46,44 @@ def micro_batches(samples: list[RolloutSample], micro_batch_size: int, seq_len: 
                   mask_truncated: bool) -> list[MicroBatch]:
     """[B, T = seq_len] micro-batches: input_ids, labels, loss_mask, and extras old_logprobs [B, T] (the rollout's,
     at the label positions), advantages [B] and valid [B] (1 for a real row). A short last micro-batch is padded
-    with empty rows (mask 0, valid 0)."""
-    out = []
-    for start in range(0, len(samples), micro_batch_size):
-        chunk = samples[start:start + micro_batch_size]
-        chunk = chunk + [None] * (micro_batch_size - len(chunk))
-        out.append(_micro_batch(chunk, seq_len, pad_id, mask_truncated))
-    return out
+    with empty rows (mask 0, valid 0). All of them are built at once, as views of one [B_total, T] per field."""
+    rows = list(samples) + [None] * (-len(samples) % micro_batch_size)
+    return _micro_batch(rows, seq_len, pad_id, mask_truncated).split_rows(micro_batch_size)
 
 
 def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, mask_truncated: bool) -> MicroBatch:
-    B = len(rows)
-    ids_BT = torch.full((B, seq_len + 1), pad_id, dtype=torch.int64)
-    mask_BT = torch.zeros(B, seq_len)
-    old_BT = torch.zeros(B, seq_len)
-    adv_B, valid_B = torch.zeros(B), torch.zeros(B)
-    for b, s in enumerate(rows):
-        if s is None:
-            continue
-        valid_B[b] = 1.0
-        x = s.prompt_ids + s.completion_ids
-        ids_BT[b, :len(x)] = torch.tensor(x)
-        first, n = len(s.prompt_ids) - 1, len(s.completion_ids)  # label position of the first completion token
-        old_BT[b, first:first + n] = torch.tensor(s.rollout_logprobs)
-        mask_BT[b, first:first + n] = 0.0 if (mask_truncated and s.truncated) else 1.0
-        adv_B[b] = s.advantage
-    return MicroBatch(ids_BT[:, :-1], ids_BT[:, 1:], mask_BT,
+    """Row b: x_b = prompt + completion in ids [B, seq_len + 1] (input [:, :-1], labels [:, 1:]); the completion's
+    labels sit at first_b = len(prompt) - 1 ... first_b + n_b - 1, where loss_mask (1, or 0 for a truncated one
+    under mask_truncated) and old_logprobs go. Each field is flattened over the rows once and written by one
+    masked_scatter_, which fills the mask's positions in row-major order: the order of the flat lists."""
+    real = [s for s in rows if s is not None]
+    _check_fits(real, seq_len)
+    prompt_B = torch.tensor([len(s.prompt_ids) if s is not None else 0 for s in rows], dtype=torch.long)
+    n_B = torch.tensor([len(s.completion_ids) if s is not None else 0 for s in rows], dtype=torch.long)
+    counted_B = torch.tensor([0.0 if (s is None or mask_truncated and s.truncated) else 1.0 for s in rows])
+    ids_BT = torch.full((len(rows), seq_len + 1), pad_id, dtype=torch.int64)
+    ids_BT.masked_scatter_(torch.arange(seq_len + 1) < (prompt_B + n_B)[:, None], flat_tensor(
+        itertools.chain.from_iterable((s.prompt_ids, s.completion_ids) for s in real), int((prompt_B + n_B).sum()),
+        torch.long))
+    t_T, first_B = torch.arange(seq_len), prompt_B - 1
+    completion_BT = (t_T >= first_B[:, None]) & (t_T < (first_B + n_B)[:, None])
+    old_BT = torch.zeros(len(rows), seq_len)
+    old_BT.masked_scatter_(completion_BT, flat_tensor((s.rollout_logprobs for s in real), int(n_B.sum()),
+                                                      torch.float32))
+    adv_B = torch.tensor([s.advantage if s is not None else 0.0 for s in rows])
+    valid_B = torch.tensor([float(s is not None) for s in rows])
+    return MicroBatch(ids_BT[:, :-1], ids_BT[:, 1:], completion_BT * counted_B[:, None],
                       extras={"old_logprobs": old_BT, "advantages": adv_B, "valid": valid_B})
+
+
+def _check_fits(samples: list[RolloutSample], seq_len: int) -> None:
+    for s in samples:
+        if len(s.prompt_ids) + len(s.completion_ids) > seq_len + 1:
+            raise ValueError(f"a rollout sample of {len(s.prompt_ids)} prompt + {len(s.completion_ids)} completion "
+                             f"tokens does not fit seq_len={seq_len} (+ 1)")
+        if len(s.rollout_logprobs) != len(s.completion_ids):
+            raise ValueError(f"a rollout sample has {len(s.rollout_logprobs)} logprobs for "
+                             f"{len(s.completion_ids)} completion tokens")
 
 
 def empty_micro_batch(batch: int, seq_len: int) -> MicroBatch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+import time
 import traceback
 from multiprocessing.connection import Connection
 
@@ -12,6 +13,10 @@ from .registry import get_reward
 from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
 load_math_verify()
+
+# Results wait in a worker at most this long (then one sample): what a kill mid-chunk makes the runner score
+# again. Short next to a round trip's worth of math samples per message, long next to a sandboxed program.
+FLUSH_S = 0.05
 
 
 def _warm_up() -> None:
@@ -33,9 +38,9 @@ def score_sample(completion, sample, names, reward_kwargs) -> tuple[dict[str, fl
     return scores, error
 
 
-def worker_main(conn: Connection, names: tuple[str, ...], reward_kwargs: dict, plugin_modules: tuple[str, ...],
-                predecessor_pid: int | None):
-    """Answer ``(task_id, completion, sample)`` requests with ``(task_id, scores, error)`` until EOF/None.
+def worker_main(conn: Connection, started_C, names: tuple[str, ...], reward_kwargs: dict,
+                plugin_modules: tuple[str, ...], predecessor_pid: int | None):
+    """Score chunks ``[(task_id, completion, sample), ...]`` until EOF/None (see ``score_chunk``).
 
     A replacement worker first kills what its killed predecessor left running in the code sandbox, so
     that cost is paid here and not in the trainer's scoring loop.
@@ -52,10 +57,25 @@ def worker_main(conn: Connection, names: tuple[str, ...], reward_kwargs: dict, p
     conn.send(("ready",))
     while True:
         try:
-            message = conn.recv()
+            chunk = conn.recv()
         except EOFError:
             return
-        if message is None:
+        if chunk is None or not score_chunk(conn, started_C, chunk, names, reward_kwargs):
             return
-        task_id, completion, sample = message
-        conn.send((task_id, *score_sample(completion, sample, names, reward_kwargs)))
+
+
+def score_chunk(conn: Connection, started_C, chunk, names, reward_kwargs) -> bool:
+    """Score ``chunk`` in order, answering lists of ``(task_id, scores, error)``: when the chunk ends and
+    after any sample that ends FLUSH_S or more after the last answer. ``started_C[j]`` gets the start time of
+    sample j (the runner's per-sample deadline). False: stop, the runner has closed (it writes to a busy
+    worker only to stop it) or is gone (EOF reads as ready too)."""
+    results, answered_at = [], time.monotonic()
+    for j, (task_id, completion, sample) in enumerate(chunk):
+        if conn.poll():
+            return False
+        started_C[j] = time.monotonic()
+        results.append((task_id, *score_sample(completion, sample, names, reward_kwargs)))
+        if j == len(chunk) - 1 or time.monotonic() - answered_at >= FLUSH_S:
+            conn.send(results)
+            results, answered_at = [], time.monotonic()
+    return True

@@ -4,10 +4,17 @@ A worker that runs past the timeout or dies is SIGKILLed (with its sandboxed pro
 sample scores 0.0 on every reward and is counted. Workers are forked from a forkserver that has imported
 the reward code once (math-verify and sympy take seconds to import), so a replacement starts in
 milliseconds and no worker is forked from the trainer's multi-threaded process.
+
+Samples go to a worker in chunks (one message, not one round trip per sample, which left the worker idle
+while this process woke up). The worker stamps the start of each sample of its chunk in shared memory, so the
+deadline is still per sample and a kill blames the one sample that was running; it sends results when the
+chunk ends and at least every ``reward_worker.FLUSH_S``, so a kill mid-chunk loses at most that much work:
+the killed chunk's unreported samples, other than the blamed one, go back to the queue and are scored again.
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import importlib
 import math
@@ -20,6 +27,7 @@ from .registry import get_reward
 from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
 _WORKER_MODULE = "r1_megatron.rewards.reward_worker"
+CHUNK_CHARS = 1 << 20  # completion text per message; a chunk holds at least one sample, however long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +36,9 @@ class RewardConfig:
 
     Default = R1: math accuracy and format, equal weight. ``timeout_s`` is the hard per-sample limit;
     ``startup_timeout_s`` bounds worker start-up (imports), which is not charged to any sample.
-    ``spare_workers`` idle, started workers wait to replace a killed one at once.
+    ``spare_workers`` idle, started workers wait to replace a killed one at once. ``chunk_size``: at most
+    this many samples (and about ``CHUNK_CHARS`` of completion text, which bounds a message's memory) go to a
+    worker in one message.
     """
 
     weights: Mapping[str, float] = dataclasses.field(
@@ -38,6 +48,7 @@ class RewardConfig:
     spare_workers: int = 1
     timeout_s: float = 10.0
     startup_timeout_s: float = 120.0
+    chunk_size: int = 16
     plugin_modules: tuple[str, ...] = ()
     start_method: str = "forkserver"
 
@@ -55,6 +66,8 @@ class RewardConfig:
                 raise ValueError(f"RewardConfig.reward_kwargs names {name!r}, which is not in weights")
         if self.num_workers < 1:
             raise ValueError(f"RewardConfig.num_workers must be >= 1, got {self.num_workers!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"RewardConfig.chunk_size must be >= 1, got {self.chunk_size!r}")
         if self.spare_workers < 0:
             raise ValueError(f"RewardConfig.spare_workers must be >= 0, got {self.spare_workers!r}")
         if not self.timeout_s > 0 or not self.startup_timeout_s > 0:
@@ -104,23 +117,85 @@ def _worker_entry(*args) -> None:
     worker_main(*args)
 
 
+def next_chunk(pending: collections.deque, completions: Sequence[str], workers: int, chunk_size: int) -> list[int]:
+    """Pop the next chunk of sample indices off ``pending``.
+
+    length = clamp(ceil(len(pending) / (2 * workers)), 1, chunk_size), cut where the completions pass
+    CHUNK_CHARS (after at least one): a share of what is left, so the last chunks shrink and every worker
+    finishes at about the same time instead of one finishing a full chunk alone.
+    """
+    length = max(1, min(chunk_size, -(-len(pending) // (2 * workers))))
+    chunk = [pending.popleft()]
+    chars = len(completions[chunk[0]])
+    while pending and len(chunk) < length and chars + len(completions[pending[0]]) <= CHUNK_CHARS:
+        chars += len(completions[pending[0]])
+        chunk.append(pending.popleft())
+    return chunk
+
+
 class _Worker:
     def __init__(self, ctx, config: RewardConfig, predecessor_pid: int | None = None):
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        args = (child_conn, tuple(config.weights), dict(config.reward_kwargs), config.plugin_modules,
-                predecessor_pid)
+        # started_C[j]: time.monotonic() (one clock for all processes) when the worker began sample j of its
+        # chunk, 0.0 before; the worker writes it, this process reads it for the deadline and the culprit.
+        self.started_C = ctx.RawArray(ctypes.c_double, config.chunk_size)
+        args = (child_conn, self.started_C, tuple(config.weights), dict(config.reward_kwargs),
+                config.plugin_modules, predecessor_pid)
         self.process = ctx.Process(target=_worker_entry, args=args, daemon=True, name="r1-reward-worker")
         self.process.start()
         child_conn.close()
         self.ready = False
         self.started = time.monotonic()
-        self.task: int | None = None
-        self.deadline = math.inf
+        self.chunk: list[int] = []  # sample indices sent, in the order the worker scores them
+        self.reported = 0  # how many of them have results here
+        self.progress_at = math.inf  # when the chunk was sent or its last results came
+
+    @property
+    def busy(self) -> bool:
+        return self.reported < len(self.chunk)
+
+    def send_chunk(self, chunk: list[int], completions, samples) -> None:
+        """Raises OSError/ValueError when the worker is gone; it was idle, so it had written all its stamps."""
+        self.started_C[:len(chunk)] = [0.0] * len(chunk)
+        self.conn.send([(task, completions[task], samples[task]) for task in chunk])
+        self.chunk, self.reported, self.progress_at = chunk, 0, time.monotonic()
+
+    def current(self) -> tuple[int, float]:
+        """(position in the chunk of the sample being scored, when it began as far as this process can tell).
+
+        That is the last stamped sample; when its result is already here, the worker is between samples and
+        the next one is charged from the moment the result came."""
+        last = self.reported - 1
+        while last + 1 < len(self.chunk) and self.started_C[last + 1] > 0.0:
+            last += 1
+        began = max(self.progress_at, self.started_C[last] if last >= 0 else 0.0)
+        return max(last, self.reported), began
 
     def kill(self) -> None:
         """SIGKILL the worker; the process that replaces it kills the sandboxed programs it left."""
         self.process.kill()
         self.conn.close()
+
+
+class _Scoring:
+    """One ``score`` call: the samples not sent yet and what is known of each."""
+
+    def __init__(self, completions, samples, names):
+        n = len(completions)
+        self.completions, self.samples = completions, samples
+        self.pending = collections.deque(range(n))
+        self.per_reward = {name: [0.0] * n for name in names}
+        self.failure: list[str | None] = [None] * n
+        self.errors: list[str | None] = [None] * n
+        self.left = n
+
+    def record(self, task: int, scores: dict | None, kind: str | None, text: str | None) -> None:
+        """None scores: timed out or crashed, every reward stays 0.0."""
+        self.left -= 1
+        self.failure[task], self.errors[task] = kind, text
+        if scores is not None:
+            for name, values in self.per_reward.items():
+                values[task] = scores[name]
 
 
 class RewardRunner:
@@ -145,6 +220,8 @@ class RewardRunner:
         self.close()
 
     def close(self) -> None:
+        """A busy worker sees the stop message between two samples and leaves its chunk; one that does not
+        leave within a second (a hung sample) is killed."""
         everyone = self._workers + self._spares
         for worker in everyone:
             try:
@@ -164,7 +241,7 @@ class RewardRunner:
 
     def _await_ready(self) -> None:
         while not all(w.ready for w in self._workers + self._spares):
-            self._poll(time.monotonic() + 0.5, on_result=None)
+            self._poll(time.monotonic() + 0.5, scoring=None)
 
     def score(self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]]) -> RewardBatch:
         """Scores of each (completion, sample) pair. Returns once every sample has a result, a timeout, or a
@@ -174,47 +251,32 @@ class RewardRunner:
         if not self._workers:
             raise RuntimeError("RewardRunner is closed")
         start = time.monotonic()
-        n = len(completions)
         names = list(self.config.weights)
-        per_reward = {name: [0.0] * n for name in names}
-        failure: list[str | None] = [None] * n
-        errors: list[str | None] = [None] * n
-        pending = collections.deque(range(n))
-        done = 0
+        scoring = _Scoring(completions, samples, names)
+        while scoring.left:
+            self._dispatch(scoring)
+            self._poll(self._next_deadline(), scoring)
+        per_reward = scoring.per_reward
+        total = [sum(self.config.weights[k] * per_reward[k][i] for k in names) for i in range(len(completions))]
+        return RewardBatch(total=total, per_reward=per_reward, failure=scoring.failure,
+                           wall_s=time.monotonic() - start, errors=scoring.errors)
 
-        def on_result(task, scores, kind, text):
-            nonlocal done
-            done += 1
-            failure[task], errors[task] = kind, text
-            if scores is not None:  # None: timed out or crashed, every reward stays 0.0
-                for name in names:
-                    per_reward[name][task] = scores[name]
-
-        while done < n:
-            self._dispatch(pending, completions, samples, on_result)
-            self._poll(self._next_deadline(), on_result)
-        total = [sum(self.config.weights[k] * per_reward[k][i] for k in names) for i in range(n)]
-        return RewardBatch(total=total, per_reward=per_reward, failure=failure, wall_s=time.monotonic() - start,
-                           errors=errors)
-
-    def _dispatch(self, pending, completions, samples, on_result) -> None:
+    def _dispatch(self, scoring: _Scoring) -> None:
         for worker in self._workers:
-            if not pending or not worker.ready or worker.task is not None:
+            if not scoring.pending or not worker.ready or worker.busy:
                 continue
-            task = pending.popleft()
+            chunk = next_chunk(scoring.pending, scoring.completions, len(self._workers), self.config.chunk_size)
             try:
-                worker.conn.send((task, completions[task], samples[task]))
+                worker.send_chunk(chunk, scoring.completions, scoring.samples)
             except (OSError, ValueError):
-                self._replace(worker)  # died while idle: nothing was charged to this sample
-                pending.appendleft(task)
-                continue
-            worker.task, worker.deadline = task, time.monotonic() + self.config.timeout_s
+                self._replace(worker)  # died while idle: nothing was charged to these samples
+                scoring.pending.extendleft(reversed(chunk))
 
     def _next_deadline(self) -> float:
-        busy = [w.deadline for w in self._workers if w.task is not None]
+        busy = [w.current()[1] + self.config.timeout_s for w in self._workers if w.busy]
         return min(busy) if busy else time.monotonic() + 0.5
 
-    def _poll(self, until: float, on_result) -> None:
+    def _poll(self, until: float, scoring: _Scoring | None) -> None:
         """Wait for messages or deaths until ``until``; then enforce deadlines."""
         everyone = self._workers + self._spares
         handles = {w.conn: w for w in everyone}
@@ -222,38 +284,45 @@ class RewardRunner:
         for handle in wait(list(handles), timeout=max(0.0, until - time.monotonic())):
             worker = handles[handle]
             if worker in self._workers or worker in self._spares:
-                self._receive(worker, on_result)
+                self._receive(worker, scoring)
         self._killed = [p for p in self._killed if p.is_alive()]  # is_alive() reaps the dead
         now = time.monotonic()
         for worker in self._workers + self._spares:
-            if worker.task is not None and now >= worker.deadline:
-                self._fail(worker, "timeout", on_result)
+            running, began = worker.current() if worker.busy else (None, math.inf)
+            if now >= began + self.config.timeout_s:
+                self._fail(worker, "timeout", scoring, running)  # blamed as seen now, before the kill
             elif not worker.ready and now - worker.started > self.config.startup_timeout_s:
                 raise RuntimeError(f"reward worker did not start within {self.config.startup_timeout_s} s")
 
-    def _receive(self, worker: _Worker, on_result) -> None:
+    def _receive(self, worker: _Worker, scoring: _Scoring | None) -> None:
         try:
             if not worker.conn.poll():
                 raise EOFError  # woken by the process sentinel: it exited
             message = worker.conn.recv()
-        except (EOFError, OSError):
-            self._fail(worker, "crash", on_result)
+        except (EOFError, OSError):  # every result it sent before has been read
+            self._fail(worker, "crash", scoring, worker.current()[0] if worker.busy else None)
             return
         if message == ("ready",):
             worker.ready = True
             return
-        task, scores, error = message
-        worker.task, worker.deadline = None, math.inf
-        on_result(task, scores, "error" if error else None, error)
+        for task, scores, error in message:  # the next results of its chunk, in order
+            scoring.record(task, scores, "error" if error else None, error)
+        worker.reported += len(message)
+        worker.progress_at = time.monotonic()
 
-    def _fail(self, worker: _Worker, kind: str, on_result) -> None:
-        task = worker.task
-        text = self._failure_text(worker, kind) if task is not None else None
+    def _fail(self, worker: _Worker, kind: str, scoring: _Scoring | None, running: int | None) -> None:
+        """Replace the worker. Busy (``running``: the position in its chunk of the sample it was on): that
+        sample fails with ``kind``; the chunk's other samples without results here go back to the queue's front."""
+        if running is None:
+            self._replace(worker)
+            if scoring is None or not worker.ready:
+                raise RuntimeError(f"reward worker exited during start-up (exit code {worker.process.exitcode})")
+            return
+        text = self._failure_text(worker, kind)
         self._replace(worker)
-        if task is not None:
-            on_result(task, None, kind, text)
-        elif on_result is None or not worker.ready:
-            raise RuntimeError(f"reward worker exited during start-up (exit code {worker.process.exitcode})")
+        culprit = worker.chunk[running]
+        scoring.pending.extendleft(reversed([t for t in worker.chunk[worker.reported:] if t != culprit]))
+        scoring.record(culprit, None, kind, text)
 
     def _failure_text(self, worker: _Worker, kind: str) -> str:
         names = ", ".join(self.config.weights)

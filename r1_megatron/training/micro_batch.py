@@ -64,6 +64,10 @@ class MicroBatch:
     def to(self, device) -> MicroBatch:
         return self.map(lambda t: t.to(device))
 
+    def split_rows(self, rows: int) -> list[MicroBatch]:
+        """Micro-batches of ``rows`` consecutive rows each (views of these tensors; the last may be shorter)."""
+        return [self.map(lambda t, b=b: t[b:b + rows]) for b in range(0, self.shape[0], rows)]
+
     def pad_to(self, T: int) -> MicroBatch:
         """Right-padded to length T: padding has loss mask 0, segment 0 (attends to nothing real), label 0;
         its positions continue the row's count so rotary tables stay in range."""
