@@ -27,8 +27,12 @@ class ProcessGroup:
         return self.proc
 
     def __exit__(self, *exc):
-        if self.proc.poll() is None:
+        # the whole group even when the child itself has ended: a test that SIGKILLs the child leaves its own
+        # children (reward workers, multiprocessing's resource tracker) behind in the group otherwise
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # every member of the group has already exited
+            pass
         self.proc.wait()
 
 
