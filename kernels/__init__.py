@@ -9,8 +9,10 @@ from .group_advantage import group_advantages
 from .grpo_loss import grpo_loss, token_logprobs
 from .options import AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg
 from .rmsnorm import rms_norm
+from .sampling import combine_sampling_partials, sample_tokens, sampling_partials
 
 __all__ = [
-    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "cross_entropy", "decode_attention",
-    "group_advantages", "grpo_loss", "rms_norm", "select_backend", "token_logprobs",
+    "AdvantageStd", "Backend", "GRPOLossConfig", "KLEstimator", "LossAgg", "combine_sampling_partials",
+    "cross_entropy", "decode_attention", "group_advantages", "grpo_loss", "rms_norm", "sample_tokens",
+    "sampling_partials", "select_backend", "token_logprobs",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from r1_megatron import sampling_noise
+
 from .options import (AdvantageStd, GRPOLossConfig, KLEstimator, LossAgg, check_logprob_inputs, check_loss_inputs,
                       check_rewards, check_rms_norm_inputs, parse_enum)
 
@@ -253,3 +255,94 @@ def decode_attention(q_BND: torch.Tensor, k_cache_PSGD: torch.Tensor, v_cache_PS
     probs_BGRT.masked_fill_((lens_B1 == 0)[:, :, None, None], 0)  # length 0: softmax of all -inf is NaN
     out_BGRE = torch.matmul(probs_BGRT, values_BTGE.transpose(1, 2))
     return out_BGRE.reshape(B, N, E).to(q_BND.dtype)
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+# The sampling reference is not a float64 gold: the noise contract (r1_megatron/sampling_noise.py) fixes fp32
+# scores, so the kernel must match these fp32 torch ops token for token (and logprobs to fp32 rounding).
+SAMPLING_PARTIALS = 5  # per row and vocab range: best score, its token id, m, Σ exp(s − m), the token's s
+NO_TOKEN = 2**31 - 1  # the token id of a range with no column: loses every tie against a real id
+LOGSUMEXP_FLOOR = -1.0e30  # m of a range whose s are all −inf, so that exp(s − m) is 0 rather than NaN
+
+
+def scoring_temperature(temperature_B: torch.Tensor) -> torch.Tensor:
+    """T' = T, or 1 for greedy rows (T == 0): the temperature of the logprobs and of top-p. fp32 [B]."""
+    temperature_B = temperature_B.to(torch.float32)
+    return torch.where(temperature_B == 0, 1.0, temperature_B)
+
+
+def _scaled_logits(logits_BV: torch.Tensor, temperature_B: torch.Tensor) -> torch.Tensor:
+    """s = fp32(logits) / T', a new fp32 [B, V] tensor (half logits are promoted inside the division: one pass)."""
+    if logits_BV.dtype == torch.float64:
+        logits_BV = logits_BV.to(torch.float32)
+    return logits_BV / scoring_temperature(temperature_B)[:, None]
+
+
+def _gumbel_scores_(s_BV: torch.Tensor, logits_BV: torch.Tensor, temperature_B: torch.Tensor, seeds_B: torch.Tensor,
+                    steps_B: torch.Tensor, tau_B: torch.Tensor | None, vocab_start: int) -> torch.Tensor:
+    """Turn s_BV = logits/T' into the Gumbel-max scores in place and return it: s + g(seed, step, id) on rows with
+    T > 0, s itself on greedy rows, −inf where logit < τ (column j is token id vocab_start + j).
+
+    A truncated row needs the noise of its kept ids only: when they are few, g is drawn at those (row, id) pairs
+    (one Philox call each) instead of for the whole [B, V] (one call per 4 ids); the scores are the same."""
+    sampled_B = temperature_B > 0
+    masked_BV = None if tau_B is None else logits_BV < tau_B[:, None]  # `<` keeps NaN logits, as the contract
+    if masked_BV is not None:
+        b_N, v_N = (~masked_BV & sampled_B[:, None]).nonzero(as_tuple=True)
+        if 8 * b_N.numel() < int(sampled_B.sum()) * s_BV.shape[1]:
+            s_BV[b_N, v_N] += sampling_noise.gumbel_noise_at(seeds_B[b_N], steps_B[b_N], v_N + vocab_start)
+            return s_BV.masked_fill_(masked_BV, float("-inf"))
+    vocab_end = vocab_start + s_BV.shape[1]
+    if bool(sampled_B.all()):
+        s_BV += sampling_noise.gumbel_noise(seeds_B, steps_B, vocab_start, vocab_end)
+    elif bool(sampled_B.any()):
+        rows_R = sampled_B.nonzero()[:, 0]
+        s_BV[rows_R] += sampling_noise.gumbel_noise(seeds_B[rows_R], steps_B[rows_R], vocab_start, vocab_end)
+    return s_BV if masked_BV is None else s_BV.masked_fill_(masked_BV, float("-inf"))
+
+
+def sample_tokens(logits_BV: torch.Tensor, temperature_B: torch.Tensor, seeds_B: torch.Tensor, steps_B: torch.Tensor,
+                  tau_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of `r1_megatron.kernels.sample_tokens`: (tokens_B int64, logprobs_B fp32).
+
+    token = argmax_v score_v (NaN first, ties to the lowest id) with score = fp32(logit)/T + g(seed, step, v),
+    fp32(logit) on greedy rows, −inf where logit < τ; logprob = log_softmax(fp32(logits) / T')[token], T' = T or 1
+    when greedy, over the whole (untruncated) vocabulary."""
+    s_BV = _scaled_logits(logits_BV, temperature_B)
+    logprobs_BV = torch.log_softmax(s_BV, dim=1)
+    tokens_B = _gumbel_scores_(s_BV, logits_BV, temperature_B, seeds_B, steps_B, tau_B, 0).argmax(dim=1)
+    return tokens_B, logprobs_BV.gather(1, tokens_B[:, None])[:, 0]
+
+
+def sampling_partials(logits_BV: torch.Tensor, temperature_B: torch.Tensor, seeds_B: torch.Tensor,
+                      steps_B: torch.Tensor, tau_B: torch.Tensor | None, vocab_start: int,
+                      vocab_end: int) -> torch.Tensor:
+    """Reference of `r1_megatron.kernels.sampling_partials`: fp64 [B, 1, 5] over token ids [vocab_start,
+    vocab_end), held by the first vocab_end − vocab_start columns of logits_BV (the rest, e.g. Megatron's vocab
+    padding, is ignored): (best score, its global id, m = max s, Σ exp(s − m), s of that id), s = logits / T',
+    m floored at LOGSUMEXP_FLOOR. An empty range gives (−inf, NO_TOKEN, LOGSUMEXP_FLOOR, 0, 0)."""
+    B, n_valid = logits_BV.shape[0], max(vocab_end - vocab_start, 0)
+    if n_valid == 0:
+        empty = torch.tensor([float("-inf"), NO_TOKEN, LOGSUMEXP_FLOOR, 0.0, 0.0], dtype=torch.float64)
+        return empty.to(logits_BV.device).expand(B, 1, SAMPLING_PARTIALS).clone()
+    logits_BV = logits_BV[:, :n_valid]
+    s_BV = _scaled_logits(logits_BV, temperature_B)
+    m_B = s_BV.amax(dim=1).clamp(min=LOGSUMEXP_FLOOR)  # clamp keeps NaN, so a NaN logit still poisons its row
+    sumexp_B = (s_BV - m_B[:, None]).exp().sum(dim=1)
+    scores_BV = _gumbel_scores_(s_BV.clone(), logits_BV, temperature_B, seeds_B, steps_B, tau_B, vocab_start)
+    token_B1 = scores_BV.argmax(dim=1, keepdim=True)
+    columns = (scores_BV.gather(1, token_B1)[:, 0], token_B1[:, 0] + vocab_start, m_B, sumexp_B,
+               s_BV.gather(1, token_B1)[:, 0])
+    return torch.stack([c.to(torch.float64) for c in columns], dim=1)[:, None]
+
+
+def combine_sampling_partials(partials_BN5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of `r1_megatron.kernels.combine_sampling_partials`: (tokens_B int64, logprobs_B fp32) from N
+    partials per row, in any order: the best (score, id) in torch.argmax's order, and
+    log p = s_token − (M + log Σ_n sumexp_n · exp(m_n − M)), M = max_n m_n, in fp64."""
+    score_NB, token_NB, m_NB, sumexp_NB, s_NB = partials_BN5.permute(2, 1, 0)
+    token_B = sampling_noise.combine_vocab_shards(score_NB, token_NB)
+    s_token_B = torch.where(token_NB == token_B, s_NB, 0.0).sum(dim=0)
+    m_B = m_NB.amax(dim=0)
+    log_z_B = m_B + (sumexp_NB * (m_NB - m_B).exp()).sum(dim=0).log()
+    return token_B.to(torch.int64), (s_token_B - log_z_B).to(torch.float32)

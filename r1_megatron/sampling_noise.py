@@ -24,6 +24,11 @@ Tensor-parallel recipe (Megatron vocab-parallel logits, rank r holds ids [vocab_
      `gumbel_noise(seeds_B, steps_B, vocab_start, vocab_end)`, identical to the same columns of the full noise;
   2. all-gather the pairs (e.g. packed as float64 [B, 2]: fp32 scores and ids < 2^53 are exact) and reduce with
      `combine_vocab_shards`: max score, ties to the lowest global id — exactly the token the full vocab gives.
+The engine's sampler does this with its logprob and top-k/top-p in rollout/vocab_parallel_sampling.py.
+
+Implementations: pure torch here (the reference; on CPU one uint64 multiply per Philox word product), the CUDA
+kernel in csrc/, and the fused Triton sampling kernel (kernels/sampling_triton.py), which generates the same
+words in-kernel; all three draw the same tokens.
 """
 from __future__ import annotations
 
@@ -40,17 +45,33 @@ WORDS_PER_CALL = 4
 
 
 class SamplingImpl(str, enum.Enum):
-    AUTO = "auto"  # the CUDA kernel for CUDA tensors when r1_megatron._C is built, else torch
-    CUDA = "cuda"
+    """Which implementation draws the tokens (rollout/sampler.py's docstring has the table of what runs where).
+
+    AUTO here: the CUDA kernel for CUDA tensors when r1_megatron._C is built, else torch; `sampler.sample` gives
+    AUTO its own meaning (the fused Triton kernel first)."""
+
+    AUTO = "auto"
+    CUDA = "cuda"  # csrc/philox_sampling.cu (r1_megatron._C)
+    TRITON = "triton"  # kernels/sampling_triton.py, through r1_megatron.kernels.sampling
     TORCH = "torch"
 
 
 # ---------------------------------------------------------------------------------------------- Philox in torch
 
 def _mulhilo32(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) 32-bit words of m·x for a 32-bit constant m and int64 `x` holding 32-bit values.
+    """(hi, lo) 32-bit words of m·x for a 32-bit constant m and int64 `x` holding 32-bit values; hi is exact in
+    its low 32 bits only (the caller masks it after its xors, which saves a pass per word).
 
-    m is split into 16-bit halves so that no int64 product exceeds 2^48 (m·x itself can reach 2^64)."""
+    On CPU one uint64 product, exact mod 2^64 (torch's CUDA build has no uint64 multiply, hence the split)."""
+    if x.device.type != "cpu":
+        return _mulhilo32_split(m, x)
+    p = (x.view(torch.uint64) * m).view(torch.int64)
+    lo = p & MASK32
+    return p.bitwise_right_shift_(32), lo
+
+
+def _mulhilo32_split(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_mulhilo32 in int64 arithmetic only: m is split into 16-bit halves so that no product exceeds 2^48."""
     p_lo = x * (m & 0xFFFF)
     p_hi = x * (m >> 16)
     hi = (p_hi + (p_lo >> 16)) >> 16
@@ -70,7 +91,10 @@ def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch
             k0, k1 = (k0 + PHILOX_W[0]) & MASK32, (k1 + PHILOX_W[1]) & MASK32
         hi0, lo0 = _mulhilo32(PHILOX_M[0], c0)
         hi1, lo1 = _mulhilo32(PHILOX_M[1], c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        # the first xor broadcasts (round 1 mixes [B, 1] and [1, Q] words), the rest work in place
+        c0 = (hi1 ^ c1).bitwise_xor_(k0).bitwise_and_(MASK32)
+        c2 = (hi0 ^ c3).bitwise_xor_(k1).bitwise_and_(MASK32)
+        c1, c3 = lo1, lo0
     return torch.broadcast_tensors(c0, c1, c2, c3)
 
 
@@ -94,7 +118,16 @@ def philox_bits(seeds_B: torch.Tensor, steps_B: torch.Tensor, vocab_start: int, 
 
 def uniform_from_bits(x: torch.Tensor) -> torch.Tensor:
     """u = ((x >> 9)·2 + 1)·2^-24 in fp32: the top 23 bits as an odd multiple of 2^-24, exact, never 0 or 1."""
-    return ((x >> 9) * 2 + 1).to(torch.float32) * 2.0 ** -24
+    return ((x >> 8) | 1).to(torch.float32) * 2.0 ** -24  # (x >> 9)·2 + 1 == (x >> 8) | 1
+
+
+def gumbel_from_bits(x: torch.Tensor) -> torch.Tensor:
+    """g = float32(-log(-log(float64(u)))) with u = uniform_from_bits(x): fp32, x's shape.
+
+    u is formed directly in fp64 (its odd numerator is < 2^24, so the value is the fp32 one exactly), and the two
+    logs run in place: five passes over the tensor instead of ten."""
+    u = ((x >> 8) | 1).to(torch.float64).mul_(2.0 ** -24)
+    return u.log_().neg_().log_().neg_().to(torch.float32)
 
 
 def philox_uniform(seeds_B: torch.Tensor, steps_B: torch.Tensor, vocab_start: int, vocab_end: int) -> torch.Tensor:
@@ -106,8 +139,17 @@ def gumbel_noise(seeds_B: torch.Tensor, steps_B: torch.Tensor, vocab_start: int,
     """Gumbel noise g = -log(-log u), fp32 [B, vocab_end - vocab_start], of token ids [vocab_start, vocab_end).
 
     A tensor-parallel rank passes its own slice; the result equals those columns of the full-vocab noise."""
-    u = philox_uniform(seeds_B, steps_B, vocab_start, vocab_end).to(torch.float64)
-    return (-torch.log(-torch.log(u))).to(torch.float32)
+    return gumbel_from_bits(philox_bits(seeds_B, steps_B, vocab_start, vocab_end))
+
+
+def gumbel_noise_at(seeds_N: torch.Tensor, steps_N: torch.Tensor, ids_N: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise of single (seed, step, token id) triples, fp32 [N]: entry n equals
+    gumbel_noise(seeds_N[n:n+1], steps_N[n:n+1], 0, ids_N[n] + 1)[0, -1]. One Philox call per entry (four
+    per group of four ids in gumbel_noise), so it pays off when few ids of a row are needed (truncated rows)."""
+    key = (seeds_N & MASK32, (seeds_N >> 32) & MASK32)
+    counter = (ids_N >> 2, steps_N & MASK32, (steps_N >> 32) & MASK32, torch.zeros_like(ids_N))
+    words_N4 = torch.stack(philox4x32(counter, key), dim=1)
+    return gumbel_from_bits(words_N4.gather(1, (ids_N & 3)[:, None])[:, 0])
 
 
 # ------------------------------------------------------------------------------------------ Gumbel-max sampling
@@ -155,9 +197,17 @@ def gumbel_argmax_partial(logits_BV: torch.Tensor, temperature_B: torch.Tensor, 
     ids [vocab_start, vocab_start + V). Combine ranks with `combine_vocab_shards` (see the module docstring).
 
     logits_BV: fp32/bf16/fp16 [B, V]; temperature_B: [B] (cast to fp32), 0 = greedy; seeds_B, steps_B: int [B]."""
-    temperature_B, seeds_B, steps_B = _validated(logits_BV, temperature_B, seeds_B, steps_B, vocab_start)
-    if _resolve_impl(impl, logits_BV) is SamplingImpl.CUDA:
+    temperature_B, seeds_B, steps_B = validated_rows(logits_BV, temperature_B, seeds_B, steps_B, vocab_start)
+    impl = _resolve_impl(impl, logits_BV)
+    if impl is SamplingImpl.CUDA:
         return _cuda_op()(logits_BV, temperature_B, seeds_B, steps_B, vocab_start)
+    if impl is SamplingImpl.TRITON:  # the fused kernel's partials hold the same (score, id) pair
+        from r1_megatron.kernels import Backend, sampling_partials  # late: r1_megatron.kernels imports this module
+        partials_BS5 = sampling_partials(logits_BV, temperature_B, seeds_B, steps_B, None, vocab_start,
+                                         vocab_start + logits_BV.shape[1], backend=Backend.TRITON)
+        score_SB, token_SB = partials_BS5[:, :, 0].T, partials_BS5[:, :, 1].T
+        token_B = combine_vocab_shards(score_SB, token_SB)
+        return score_SB.gather(0, (token_SB == token_B).int().argmax(0)[None])[0].float(), token_B.long()
     return gumbel_argmax_partial_torch(logits_BV, temperature_B, seeds_B, steps_B, vocab_start)
 
 
@@ -208,7 +258,7 @@ def _check_vocab_range(vocab_start: int, vocab_end: int) -> None:
         raise ValueError(f"vocab range must satisfy 0 <= vocab_start < vocab_end, got [{vocab_start}, {vocab_end})")
 
 
-def _validated(logits_BV, temperature_B, seeds_B, steps_B, vocab_start):
+def validated_rows(logits_BV, temperature_B, seeds_B, steps_B, vocab_start=0):
     """Shapes, dtypes and devices; returns (temperature fp32, seeds int64, steps int64) ready for either path.
 
     Negative temperatures are rejected only for CPU tensors: checking CUDA values would sync every decode step."""

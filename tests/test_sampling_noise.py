@@ -70,6 +70,16 @@ def test_noise_words_follow_the_documented_counter_layout():
         assert int(bits[v]) == int(sn.philox4x32(ctr, key)[v & 3])
 
 
+def test_cpu_uint64_product_and_the_int64_split_agree():
+    """The CPU path multiplies in uint64; other devices (torch has no CUDA uint64 multiply) split the constant."""
+    x = torch.cat([_i64([0, 1, 0xFFFFFFFF, 0x80000000]), torch.randint(0, 2**32, (4096,))])
+    for m in sn.PHILOX_M:
+        hi, lo = sn._mulhilo32(m, x.clone())
+        split_hi, split_lo = sn._mulhilo32_split(m, x)
+        assert torch.equal(hi & sn.MASK32, split_hi) and torch.equal(lo, split_lo)
+        assert [(int(h) << 32) + int(lo_) for h, lo_ in zip(split_hi[:4], split_lo[:4])] == [m * int(v) for v in x[:4]]
+
+
 # ------------------------------------------------------------------------------------------ uniforms and noise
 
 def test_uniform_conversion_is_exact_and_open():
@@ -105,6 +115,13 @@ def test_noise_slice_equals_full_noise_columns():
     full = sn.gumbel_noise(seeds_B, steps_B, 0, 1001)
     for start, end in [(0, 1), (1, 2), (3, 9), (503, 1001), (998, 1001), (4, 8)]:
         assert torch.equal(sn.gumbel_noise(seeds_B, steps_B, start, end), full[:, start:end])
+
+
+def test_noise_at_single_ids_equals_the_full_noise():
+    seeds_B, steps_B = _i64([3, -9, 2**40]), _i64([0, 5, 2**33])
+    full = sn.gumbel_noise(seeds_B, steps_B, 0, 1001)
+    rows_N, ids_N = _i64([0, 0, 1, 2, 2, 1]), _i64([0, 1000, 3, 4, 997, 998])
+    assert torch.equal(sn.gumbel_noise_at(seeds_B[rows_N], steps_B[rows_N], ids_N), full[rows_N, ids_N])
 
 
 @pytest.mark.parametrize("other_seed,other_step", [(5, 1), (6, 0), (5 + 2**32, 0), (5, 2**32)])
@@ -338,6 +355,8 @@ def test_benchmark_main_runs_on_tiny_cpu_shapes(tmp_path):
     report = bench.main(["--device", "cpu", "--batch-sizes", "2", "3", "--vocab", "65", "--iters", "2",
                          "--warmup", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == report
-    assert {(r["method"], r["batch"]) for r in report["results"]} == {
-        (m, b) for m in ("torch_multinomial", "torch_gumbel") for b in (2, 3)}
+    plain = ("torch_multinomial", "torch_gumbel")  # sample_triton runs through the interpreter (TRITON_INTERPRET=1)
+    assert {(r["method"], r["setting"], r["batch"]) for r in report["results"]} == {
+        *((m, "plain", b) for m in plain for b in (2, 3)),
+        *((m, s, b) for m in ("sample_torch", "sample_triton") for s in ("plain", "r1_eval", "top_k") for b in (2, 3))}
     assert all(r["ms_per_call"] > 0 and r["vocab"] == 65 for r in report["results"])

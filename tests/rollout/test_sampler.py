@@ -5,7 +5,7 @@ import torch
 
 from r1_megatron import sampling_noise
 from r1_megatron.rollout import SamplingBatch, SamplingParams, completion_seeds, request_seeds, sample
-from r1_megatron.rollout.sampler import truncate_logits
+from r1_megatron.rollout.sampler import SamplingImpl, truncate_logits, truncation_threshold_B
 
 from .sampling_reference import reference_distribution, reference_logprob
 
@@ -72,6 +72,31 @@ def test_ties_at_the_boundary_are_all_kept_whatever_their_ids(top_k, top_p):
     for perm in [torch.arange(5), torch.tensor([4, 2, 0, 3, 1]), torch.tensor([1, 3, 4, 0, 2])]:
         kept = truncate_logits(logits_V[perm][None], torch.ones(1), _i64([top_k]), torch.tensor([top_p]))[0] > -INF
         assert kept.tolist() == (logits_V[perm] >= 1.0).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top_k_alone_takes_a_top_k_and_keeps_the_sorted_sets(dtype):
+    """Without top-p the threshold is a topk, not a sort: the same kept sets (bf16 ties included), with and
+    without the host's max_top_k."""
+    logits_BV = mixed_rows(16, 90, seed=8, dtype=dtype)[0]
+    logits_BV[3, 40:] = float("nan")
+    top_k_B = _i64([0, 1, 2, 5, 89, 90, 91, 30] * 2)
+    by_sort = truncation_threshold_B(logits_BV, torch.ones(16), top_k_B, torch.ones(16))
+    for max_top_k in (None, 91):
+        tau_B = truncation_threshold_B(logits_BV, torch.ones(16), top_k_B, None, max_top_k)
+        assert torch.equal(logits_BV < tau_B[:, None], logits_BV < by_sort[:, None])
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.5), (200, 1.0), (0, 0.999)])
+def test_truncated_rows_follow_the_noise_contract(top_k, top_p):
+    """The torch path draws the noise at the kept ids only when few are kept (top-k 3, top-p 0.5) and for the whole
+    row otherwise: either way the token is the contract's Gumbel-max over the masked logits."""
+    logits_BV, temperature_B, seeds_B, steps_B, _, _ = mixed_rows(16, 300, seed=9)
+    top_k_B, top_p_B = _i64([top_k] * 16), torch.full((16,), top_p)
+    masked_BV = truncate_logits(logits_BV, temperature_B, top_k_B, top_p_B)
+    expected = sampling_noise.gumbel_argmax_partial_torch(masked_BV, temperature_B, seeds_B, steps_B)[1]
+    got = sample(logits_BV, temperature_B, seeds_B, steps_B, top_k_B, top_p_B, impl=SamplingImpl.TORCH)
+    assert torch.equal(got.tokens_B, expected)
 
 
 def test_top_k_at_or_above_vocab_size_and_zero_keep_everything():
@@ -164,6 +189,7 @@ def test_sampling_batch_from_rows_matches_explicit_tensors():
                       torch.tensor([0.95, 1.0, 1.0]))
     got = batch.sample(logits_BV)
     assert torch.equal(got.tokens_B, explicit.tokens_B) and torch.equal(got.logprobs_B, explicit.logprobs_B)
+    assert batch.params == tuple(params) and batch.max_top_k == 4
     plain = SamplingBatch.from_rows([SamplingParams(), SamplingParams(temperature=0)], [1, 2], [0, 0])
     assert plain.top_k_B is None and plain.top_p_B is None  # no row truncates: the sort is skipped
     with pytest.raises(ValueError, match="one entry per row"):
