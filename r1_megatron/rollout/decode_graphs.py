@@ -97,7 +97,7 @@ class StaticDecode:
             return self._run_model(self.ids_R[:bucket][None], ctx.positions_N[None])
 
     def _model_forward(self, ids_1B: torch.Tensor, positions_1B: torch.Tensor) -> torch.Tensor:
-        return self.model(ids_1B, positions_1B, None, runtime_gather_output=True)[:, 0]
+        return self.model(ids_1B, positions_1B, None, runtime_gather_output=False)[:, 0]  # vocab shards
 
 
 class DecodeGraphs(StaticDecode):

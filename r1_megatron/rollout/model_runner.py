@@ -8,6 +8,7 @@ tensors built from Python lists in one call each; each sequence's block table li
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state
 
 from r1_megatron.models.kv_cache import ForwardContext, KVCache, PrefillChunk, forward_context
 
@@ -15,6 +16,7 @@ from .decode_graphs import StaticDecode
 from .sampler import SamplingBatch
 from .scheduler import Chunk, StepPlan
 from .sequence import Sequence
+from .vocab_parallel_sampling import sample_vocab_parallel
 
 
 class ModelRunner:
@@ -23,6 +25,10 @@ class ModelRunner:
         """static_decode: the bucketed static-buffer decode path (CUDA graphs), used for decode-only steps whose
         batch fits a bucket; None decodes eagerly."""
         self.model, self.cache, self.device, self.max_seq_len = model, cache, device, max_seq_len
+        self.vocab_size = model.model_config.vocab_size
+        tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() \
+            else 1
+        self.tp_group = parallel_state.get_tensor_model_parallel_group() if tp > 1 else None
         self.static_decode = static_decode
         self.block_size = cache.block_size
         max_blocks = -(-max_seq_len // self.block_size)
@@ -44,7 +50,7 @@ class ModelRunner:
             return self.static_decode.run(host_5D, self.block_table_RM)
         ctx, ids_1N = self._context(decode, host_5D, prefill)
         with forward_context(ctx), torch.inference_mode():
-            logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=True)
+            logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=False)
         return logits_R1V[:, 0]
 
     def sample(self, logits_RV: torch.Tensor, sampling: list[tuple[Sequence, int]]) -> None:
@@ -56,7 +62,10 @@ class ModelRunner:
             logits_RV = logits_RV[torch.tensor(rows, device=logits_RV.device)]
         batch = SamplingBatch.from_rows([s.params for s in sequences], [s.seed for s in sequences],
                                         [len(s.token_ids) for s in sequences], device=self.device)
-        out = batch.sample(logits_RV)
+        if self.tp_group is None:
+            out = batch.sample(logits_RV)
+        else:
+            out = sample_vocab_parallel(logits_RV, batch, self.vocab_size, self.tp_group)
         for seq, token, logprob in zip(sequences, out.tokens_B.tolist(), out.logprobs_B.tolist()):
             seq.append(token, logprob, self.max_seq_len)
 
@@ -65,7 +74,7 @@ class ModelRunner:
         still do (every rank of an EP group must enter each MoE all-to-all)."""
         ids_11 = torch.zeros(1, 1, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
-            self.model(ids_11, torch.zeros_like(ids_11), None, runtime_gather_output=True)
+            self.model(ids_11, torch.zeros_like(ids_11), None, runtime_gather_output=False)
 
     # ------------------------------------------------------------------------------------------- helpers
 
