@@ -69,7 +69,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "transformers>=5.0"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        "bench": ["liger-kernel"],
+        # benchmarks/ peers: TRL (bench_grpo_step.py, bench_sft.py); 1.16.0 is the release tested with
+        # transformers 5.24 and torch 2.13 (it brings accelerate and datasets)
+        "bench": ["liger-kernel", "trl==1.16.0"],
     },
     entry_points={"console_scripts": ["r1-megatron = r1_megatron.cli:main"]},
     ext_modules=ext_modules,

@@ -323,6 +323,7 @@ requires_cuda_kernel = pytest.mark.skipif(
            "cover the kernel's arithmetic and row loop)")
 
 
+@pytest.mark.gpu
 @requires_cuda_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,V,vocab_start", [(3, 17, 0), (8, 1001, 503), (16, 151936, 0)])
@@ -336,6 +337,7 @@ def test_cuda_kernel_matches_torch_token_for_token(dtype, B, V, vocab_start):
     torch.testing.assert_close(score.cpu(), ref_score, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.gpu
 @requires_cuda_kernel
 def test_cuda_kernel_is_the_auto_choice_and_nan_wins():
     logits_BV, temperature_B, seeds_B, steps_B = _batch(4, 151936, seed=7, dtype=torch.bfloat16)

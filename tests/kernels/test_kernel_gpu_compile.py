@@ -10,6 +10,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.gpu  # needs no GPU, but is about GPU code: benchmarks/gpu_suite.sh runs it with the GPU tests
 def test_kernels_compile_for_sm90():
     if importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("this triton build has no NVIDIA backend")
