@@ -62,7 +62,7 @@ plan() {
 cuda|60|-|-|$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to this python: use --dry-run on a CPU machine')"
 wheels|90|-|-|install_wheels
 install|240|-|-|install_r1_megatron
-gpu_tests|180|pytest,megatron.core|$RES/gpu_tests_$TAG.xml|$PY -m pytest -m gpu tests -q -rs -p no:cacheprovider --junitxml=\$OUT
+gpu_tests|180|pytest,megatron.core|$RES/gpu_tests_$TAG.xml|TRITON_INTERPRET=0 $PY -m pytest -m gpu tests -q -rs -p no:cacheprovider --junitxml=\$OUT
 generate|150|megatron.core|$RES/generate_$TAG.json|$PY $B/bench_generate.py --device cuda --new-tokens 64 --repeats 2 --out \$OUT
 generate_kv|120|megatron.core|$RES/generate_kv_$TAG.json|$PY $B/bench_generate.py --device cuda --kv-lengths 64 512 2048 --batch-sizes 8 --new-tokens 32 --repeats 2 --preset tiny-dense tiny-moe qwen2.5-math-1.5b --out \$OUT
 generate_dsv3|120|megatron.core|$RES/generate_dsv3_$TAG.json|$PY $B/bench_generate.py --device cuda --arch deepseek-v3 --batch-sizes 1 32 --new-tokens 32 --repeats 2 --out \$OUT
@@ -75,6 +75,7 @@ group_advantages|60|megatron.core|$RES/group_advantages_$TAG.json|$PY $B/bench_g
 sampling|60|megatron.core|$RES/sampling_$TAG.json|$PY $B/bench_sampling.py --device cuda --out \$OUT
 sft|150|megatron.core|$RES/sft_$TAG.json|$PY $B/bench_sft.py --device cuda --sizes small --rounds 1 --warmup 1 --steps 4 --no-plot --out \$OUT
 reward_runner|60|-|-|$PY $B/bench_reward_runner.py
+rollout_batch|60|-|-|$PY $B/bench_rollout_batch.py
 EOF
 }
 

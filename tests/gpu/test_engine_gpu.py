@@ -8,6 +8,7 @@ from r1_megatron.rollout.decode_graphs import DecodeGraphs, GraphConfig
 from tests.rollout.engine_fixtures import PROMPTS, load_pair, no_cache_greedy
 
 NEW = 8
+pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module", params=["qwen2", "deepseek_v3"])
