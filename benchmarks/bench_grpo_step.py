@@ -341,7 +341,7 @@ def worker_trl(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- orchestration
 
 
-def _worker_env(threads: int, device: str) -> dict:
+def _worker_env(threads: int, device: str, side: str) -> dict:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
@@ -349,9 +349,11 @@ def _worker_env(threads: int, device: str) -> dict:
                PYTHONUNBUFFERED="1")
     if device == "cpu":  # the PyTorch kernels: under TRITON_INTERPRET=1 Triton's interpreter would dominate
         env.setdefault("R1_MEGATRON_KERNELS", "torch")
-    # benchmarks/ for the reward plugin (imported by ours' reward workers too), the repo for r1_megatron
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
-                                                                   else []))
+    # benchmarks/ for the reward plugin (imported by ours' reward workers too), the repo for r1_megatron on our
+    # side only: with the repo root on sys.path its kernels/ folder is importable as a top-level `kernels`, which
+    # transformers probes for (the Hugging Face kernels package) and would import, r1_megatron with it
+    paths = [str(HERE)] + ([str(REPO)] if side == "ours" else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
@@ -363,7 +365,7 @@ def run_worker_process(side: str, spec: dict, tmp: Path, timeout: float) -> dict
     started = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
-                              env=_worker_env(s["threads"], s["device"]), capture_output=True, text=True,
+                              env=_worker_env(s["threads"], s["device"], side), capture_output=True, text=True,
                               timeout=timeout, cwd=tmp)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
