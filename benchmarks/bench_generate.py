@@ -36,7 +36,8 @@ Method.
 - KV bytes per token (`kv_bytes_per_token`): the engine's allocated paged cache, KVCache.nbytes(), over the
   positions it holds (num_blocks × block_size); for MLA the compressed latent + rope key (the default
   `CacheConfig(mla_latent=True)`). --preset NAME...: the same figure for built-in presets (r1_megatron.models.preset, random weights from
-  build_model, one short generate to allocate the cache), in `kv_bytes_by_preset`.
+  build_model, one short generate to allocate the cache), in `kv_bytes_by_preset`; every preset's bf16 figure at
+  TP 1 and 8, computed with the engine's own sizing function, in `kv_bytes_all_presets`.
 - Decode memory-bandwidth floor: bytes read per decode step = parameter bytes (each unique parameter of this
   rank once; the input embedding table only when it is tied to the output layer, since a lookup reads B rows)
   + B × mean context × KV bytes per token; mean context = P + N/2 (decode step k = 1..N−1 attends over P + k
@@ -52,7 +53,7 @@ Method.
   "goal.met" says whether this run met its device's goal (null in --kv-lengths mode or without a batch >= 32 row).
 
 Prints a table and one JSON object {"benchmark", "env", "model", "copy_bandwidth_GBps", "results", "goal", "mode",
-"kv_growth", "kv_bytes_by_preset", "hf_process"}.
+"kv_growth", "kv_bytes_by_preset", "kv_bytes_all_presets", "hf_process"}.
 """
 from __future__ import annotations
 
@@ -352,6 +353,27 @@ def kv_bytes_by_preset(names: list[str], dtype: torch.dtype) -> list[dict]:
     return out
 
 
+def kv_bytes_all_presets() -> list[dict]:
+    """Every preset's KV-cache bytes per token per GPU in bf16, computed (not allocated: most presets are too big
+    to build here) with the function the engine sizes its pool with, at TP 1 and TP 8, MLA latent and expanded.
+    kv_bytes_by_preset measures the allocation of the presets that can be built and must agree with this."""
+    from r1_megatron.models import preset
+    from r1_megatron.models.presets import PRESETS
+    from r1_megatron.rollout.cache_config import layer_kv_bytes_per_token
+
+    rows = []
+    for name in PRESETS:
+        config = preset(name)
+        for tp in (1, 8):
+            if config.mla is None and config.num_kv_heads % tp:
+                continue  # KV heads must divide over TP (Megatron's rule)
+            for latent in ((True, False) if config.mla is not None else (False,)):
+                per_layer = layer_kv_bytes_per_token(config, tp, 2, latent)
+                rows.append({"preset": name, "tp": tp, "mla_latent": latent if config.mla is not None else None,
+                             "bf16_bytes_per_token_per_gpu": config.num_layers * per_layer})
+    return rows
+
+
 def goal_verdict(rows: list[dict], device: str) -> dict:
     """Whether this run met the goal of its device (GOALS); met is None without a row the goal speaks of."""
     goal = GOALS["cuda" if device == "cuda" else "cpu"]
@@ -393,6 +415,7 @@ def run(args: argparse.Namespace, hf_dir: Path, tmp: Path) -> dict:
             "goal": goal_verdict(rows if mode == "batch-sweep" else [], args.device),
             "kv_growth": context_growth(rows) if args.kv_lengths else None,
             "kv_bytes_by_preset": kv_bytes_by_preset(args.preset, dtype),
+            "kv_bytes_all_presets": kv_bytes_all_presets(),
             "hf_process": {k: v for k, v in hf.items() if k != "rows"}}
 
 

@@ -221,3 +221,12 @@ def test_goal_verdict(bench):
     assert bench.goal_verdict([dict(fast, batch=8)], "cuda")["met"] is None
     assert bench.goal_verdict([fast], "cpu")["met"] is True  # 2.5 >= 1.5; no floor goal on CPU
     assert bench.goal_verdict([dict(fast, decode_speedup_vs_hf=1.4)], "cpu")["met"] is False
+
+
+def test_every_preset_has_its_computed_kv_bytes(bench):
+    rows = {(r["preset"], r["tp"], r["mla_latent"]): r["bf16_bytes_per_token_per_gpu"]
+            for r in bench.kv_bytes_all_presets()}
+    assert rows[("deepseek-v3-671b", 8, True)] == 61 * (512 + 64) * 2 == 70_272  # the latent, replicated over TP
+    assert rows[("deepseek-v3-671b", 8, False)] == 61 * 128 // 8 * (128 + 64 + 128) * 2 == 624_640
+    assert rows[("qwen2.5-math-1.5b", 1, None)] == 28 * 2 * 2 * 128 * 2  # 2 KV heads of 128, k and v
+    assert ("qwen2.5-math-1.5b", 8, None) not in rows  # 2 KV heads do not divide over TP 8
