@@ -217,3 +217,22 @@ def standard_providers(reference_fn: Callable, triton_fn: Callable, wrap: Callab
     if triton_runs_on(device, skipped):
         found["triton"] = wrap(triton_fn)
     return found
+
+
+def set_threads(threads: int) -> None:
+    """Intra- and inter-op threads of this process (inter-op can be set once only; a second call keeps it)."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set
+        pass
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this benchmark was run, for its JSON: `python <script relative to the cwd> <arguments>`."""
+    path = Path(script).resolve()
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return " ".join(["python", str(path), *(sys.argv[1:] if argv is None else argv)])

@@ -69,7 +69,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS_DIR, copy_bandwidth, environment, slug, time_ms  # noqa: E402
+from bench_common import RESULTS_DIR, command_line, copy_bandwidth, environment, slug, time_ms  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPU_DEFAULTS = dict(batch_sizes=[1, 8, 32, 64], prompt_len=128, new_tokens=128, repeats=3, warmup=1, dtype="bf16")
@@ -455,15 +455,6 @@ def _kernel_backend(device: str) -> dict:
             "triton_interpret": os.environ.get("TRITON_INTERPRET", "0")}
 
 
-def _command(argv: list[str] | None) -> str:
-    script = Path(__file__).resolve()
-    try:
-        script = script.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return " ".join([Path(sys.executable).name, str(script), *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     args = _parse(argv)
     if args.hf_worker is not None:
@@ -476,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             hf_dir = Path(tmp) / "hf"
             write_random_checkpoint(args.arch, args.model_kwargs, DTYPES[args.dtype], hf_dir, args.seed, args.device)
         payload = run(args, hf_dir, Path(tmp))
-    payload["env"]["command"] = _command(argv)
+    payload["env"]["command"] = command_line(__file__, argv)
     payload["env"].update(_kernel_backend(args.device))
     print_table(payload)
     text = json.dumps(payload, indent=2)

@@ -60,6 +60,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import command_line, set_threads  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS_DIR = HERE / "results"
@@ -143,16 +146,6 @@ def write_prompts(path: Path, s: Settings) -> list[str]:
     return texts
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:  # already set
-        pass
-
-
 # ----------------------------------------------------------------------------------------------- ours
 
 
@@ -182,7 +175,7 @@ def ours_recipe(s: Settings, hf_dir: str, prompts_path: str, run_dir: str) -> di
 def worker_ours(spec: dict) -> dict:
     """`r1-megatron train grpo --config RECIPE`, as the command runs it (training/run.py run_command), with this
     process's CPU time recorded per step and per generate call."""
-    _set_threads(spec["settings"]["threads"])
+    set_threads(spec["settings"]["threads"])
     import torch.distributed as dist
     import yaml
 
@@ -274,7 +267,7 @@ def trl_config(s: Settings, out_dir: str):
 
 def worker_trl(spec: dict) -> dict:
     s = Settings(**spec["settings"])
-    _set_threads(s.threads)
+    set_threads(s.threads)
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
@@ -448,15 +441,6 @@ def environment(device: str) -> dict:
                                               "megatron-core")}}
 
 
-def _command(argv: list[str] | None) -> str:
-    script = Path(__file__).resolve()
-    try:
-        script = script.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return " ".join(["python", str(script), *(sys.argv[1:] if argv is None else argv)])
-
-
 def run_size(s: Settings, size: str, timeout: float) -> dict:
     """Both sides on one model size: one checkpoint and prompt file, then `s.rounds` rounds of one subprocess per
     side, the order reversed in every other round (so slow drift of the machine's load hits both sides)."""
@@ -491,8 +475,8 @@ def run(s: Settings, sizes: list[str], argv: list[str] | None, timeout: float) -
     env = environment(s.device)
     results = {size: run_size(s, size, timeout) for size in sizes}
     env["load_average_end"] = list(os.getloadavg())
-    return {"benchmark": "grpo_step", "command": _command(argv), "env": env, "settings": dataclasses.asdict(s),
-            "sizes": results}
+    return {"benchmark": "grpo_step", "command": command_line(__file__, argv), "env": env,
+            "settings": dataclasses.asdict(s), "sizes": results}
 
 
 def print_table(payload: dict) -> None:

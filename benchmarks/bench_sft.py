@@ -75,6 +75,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import set_threads  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -275,16 +278,6 @@ def packing_efficiency(examples: list[dict], global_batch: int, micro_batch: int
 
 
 # ----------------------------------------------------------------------------------------------- workers
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:  # already set
-        pass
 
 
 def _sync(device: str) -> None:
@@ -558,7 +551,7 @@ def _torch_loop(model, tokenizer, rows: list[dict], spec: dict, rec: _Recorder) 
 
 def run_worker(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     result = worker_ours(spec) if spec["config"] in OURS else worker_peer(spec)
     result["torch_threads"] = __import__("torch").get_num_threads()
     Path(spec["out"]).write_text(json.dumps(result))

@@ -10,7 +10,7 @@ only on it), and nothing in the forward syncs with the host.
 Graphs are captured lazily, the first time a bucket is needed after the cache exists (its pools are allocated at
 the first eager forward), and all of them share one memory pool. A batch larger than every bucket, a step
 with prefill chunks, the CPU, or a capture that fails (a module that syncs with the host, such as MoE
-token counting) runs eagerly; the reason is logged once. `torch.compile` of the eager decode forward is a
+token counting) runs eagerly; the reason is logged once. `torch.compile` of the static decode forward is a
 separate opt-in (GraphConfig.compile).
 
 `StaticDecode` is the same static-buffer path without the capture (used by `GraphConfig(capture=False)`), so
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 class GraphConfig:
     """enabled: capture decode steps in CUDA graphs on GPU (eager on CPU, always). batch_sizes: the buckets; a
     decode batch runs in the smallest bucket that holds it. capture: False runs the bucketed static-buffer
-    forward eagerly (a debugging aid, and how CPU tests check the padding). compile: torch.compile the eager
-    decode forward (off by default: compile time, and Megatron's modules graph-break often)."""
+    forward eagerly (a debugging aid, and how CPU tests check the padding). compile: torch.compile the static
+    decode forward (off by default: compile time, and Megatron's modules graph-break often; no effect on CPU,
+    where r1_megatron.cpu_compat turns TorchDynamo off)."""
 
     enabled: bool = True
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
