@@ -8,7 +8,7 @@
 #
 # Assumes torch (CUDA), triton and transformers are installed (the GPU image has them) and that nothing can be
 # downloaded. Missing packages (megatron-core; trl + datasets for the TRL peers) come as wheels: make them on a
-# machine with internet (../shared/tools/device_wheels.sh DIR megatron-core==0.16.1 trl==1.16.0 datasets ...),
+# machine with internet and the GPU machine's Python (pip download -d DIR megatron-core==0.16.1 trl==1.16.0 ...),
 # carry DIR along, and pass R1_BENCH_WHEELS=DIR: they are installed with pip --no-index --no-deps into
 # R1_BENCH_SITE (default /tmp/r1_bench_site), which goes on PYTHONPATH. r1_megatron itself is installed from
 # this checkout (`pip install --no-deps --no-build-isolation -e .`, which builds the csrc CUDA extension) unless
