@@ -183,7 +183,10 @@ class _Builder:
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as e:
-            raise ConfigError(_one_line(f"{self.validation_source(key, str(e))}: {e}")) from None
+            text = str(e)
+            if len(key) > 1 and text.startswith(f"{key[-1]}."):  # a component names its own section: say where
+                text = f"{_dotted(key[:-1])}.{text}"  # it sits ("cache.block_size" -> "rollout.cache.block_size")
+            raise ConfigError(_one_line(f"{self.validation_source(key, text)}: {text}")) from None
 
     def validation_source(self, key: Key, message: str) -> str:
         """Where the keys a validation message names were written (the given keys under `key` that appear in it,

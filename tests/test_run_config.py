@@ -276,6 +276,19 @@ def test_wrong_types_are_refused_naming_the_key(override, expected):
     assert config_error(None, [override]) == expected
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("rollout.cache.block_size=0", "command line: rollout.cache.block_size must be an int >= 1, got 0"),
+    ("rollout.cache.num_blocks=1.5", "command line: rollout.cache.num_blocks: expected int, got 1.5"),
+    ("rollout.graphs.batch_sizes=[8,4]", "command line: rollout.graphs.batch_sizes must be increasing ints >= 1, "
+                                         "got (8, 4)"),
+    ("rollout.pipeline_micro_batches=0", "command line: rollout.pipeline_micro_batches must be a positive integer, "
+                                         "got 0"),
+    ("rewards.chunk_size=0", "command line: rewards: RewardConfig.chunk_size must be >= 1, got 0"),
+])
+def test_engine_and_reward_runner_settings_are_checked(override, expected):
+    assert config_error(None, [override]) == expected
+
+
 def test_unknown_override_key_suggests():
     assert config_error(None, ["algorithm.kl_cof=0.1"]) == \
         "command line: unknown key 'algorithm.kl_cof' (did you mean 'kl_coef'?)"

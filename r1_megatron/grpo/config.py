@@ -88,10 +88,13 @@ class RolloutConfig:
     offload_training_state: bool = False  # GPU: optimizer state and grad buffers in host memory while generating
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)  # the paged KV cache (block size, size)
     graphs: GraphConfig = dataclasses.field(default_factory=GraphConfig)  # CUDA-graph decode (GPU)
+    pipeline_micro_batches: int | None = None  # pp > 1: micro-batches per generation step (None: the pp size)
 
     def __post_init__(self):
         _positive("rollout", prompts_per_step=self.prompts_per_step, group_size=self.group_size,
                   max_new_tokens=self.max_new_tokens, max_batch_size=self.max_batch_size)
+        if self.pipeline_micro_batches is not None:
+            _positive("rollout", pipeline_micro_batches=self.pipeline_micro_batches)
         if not self.temperature > 0:
             raise ValueError(f"rollout.temperature must be > 0 for RL sampling, got {self.temperature!r}")
         try:
@@ -175,15 +178,13 @@ class RewardsConfig:
     format: str | None = "format"
     num_workers: int = 2
     timeout_s: float = 10.0
+    chunk_size: int = 16  # samples per round trip to a reward worker (each still has its own timeout)
     plugin_modules: list[str] = dataclasses.field(default_factory=list)
     max_failed_steps: int = 3  # stop when every sample's reward failed this many steps in a row (0: never)
 
     def __post_init__(self):
-        from r1_megatron.rewards.runner import RewardConfig
-
-        try:  # reward names (plugins imported first), weights, workers, timeout
-            RewardConfig(weights=self.weights, reward_kwargs=self.reward_kwargs, num_workers=self.num_workers,
-                         timeout_s=self.timeout_s, plugin_modules=tuple(self.plugin_modules))
+        try:  # reward names (plugins imported first), weights, workers, timeout, chunks
+            self.runner_config()
         except (ValueError, ImportError) as e:
             raise ValueError(f"rewards: {e}") from None
         for role in ("accuracy", "format"):
@@ -193,6 +194,14 @@ class RewardsConfig:
                                  f"({', '.join(self.weights)})")
         if not isinstance(self.max_failed_steps, int) or self.max_failed_steps < 0:
             raise ValueError(f"rewards.max_failed_steps must be >= 0 (0: never stop), got {self.max_failed_steps!r}")
+
+    def runner_config(self):
+        """The reward runner's config (rewards/runner.py) for these settings."""
+        from r1_megatron.rewards.runner import RewardConfig
+
+        return RewardConfig(weights=self.weights, reward_kwargs=self.reward_kwargs, num_workers=self.num_workers,
+                            timeout_s=self.timeout_s, chunk_size=self.chunk_size,
+                            plugin_modules=tuple(self.plugin_modules))
 
 
 @dataclasses.dataclass

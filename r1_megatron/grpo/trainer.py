@@ -14,7 +14,7 @@ import torch
 from megatron.core import parallel_state
 
 from r1_megatron.kernels import group_advantages
-from r1_megatron.rewards.runner import RewardConfig, RewardRunner
+from r1_megatron.rewards.runner import RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.runtime import world_max
 from r1_megatron.training.micro_batch import MicroBatch
@@ -67,7 +67,8 @@ class GRPOTrainer:
         self.ddp = run.build_policy()
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
                              eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed,
-                             cache=cfg.rollout.cache, graphs=cfg.rollout.graphs)
+                             cache=cfg.rollout.cache, graphs=cfg.rollout.graphs,
+                             pipeline_micro_batches=cfg.rollout.pipeline_micro_batches)
         self.step_samples: list[dict] = []  # the completions samples.jsonl shows of the current step
         self.warm_start = WarmStartSummary()
         if not run.resumed and cfg.warm_start.max_steps:
@@ -90,9 +91,7 @@ class GRPOTrainer:
 
     def train(self):
         cfg, run = self.cfg, self.run
-        rewards = RewardRunner(RewardConfig(weights=cfg.rewards.weights, reward_kwargs=cfg.rewards.reward_kwargs,
-                                            num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s,
-                                            plugin_modules=tuple(cfg.rewards.plugin_modules)))
+        rewards = RewardRunner(cfg.rewards.runner_config())
         with rewards, run.loop(cfg.steps, checks=(self.reward_health.end_step,)) as loop:
             while loop.running():
                 t_step = time.perf_counter()
