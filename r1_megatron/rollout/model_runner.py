@@ -36,8 +36,9 @@ class ModelRunner:
         self._table_rows: list[list[int]] = [[] for _ in range(max_num_seqs)]
 
     def forward(self, plan: StepPlan) -> torch.Tensor:
-        """Logits [R, V] of the chunks that sample, in plan order (on a pipeline stage before the last: the
-        stage's hidden states [N, H] of the step's N tokens, rollout/pipeline_stages.py)."""
+        """Logits [R, V / TP] of the chunks that sample, in plan order: this rank's vocab shard, never gathered
+        (sample() combines the shards' partial results). On a pipeline stage before the last: the stage's hidden
+        states [N, H] of the step's N tokens (rollout/pipeline_stages.py)."""
         if plan.copies:
             src, dst = zip(*((c.src, c.dst) for c in plan.copies))
             self.cache.copy_blocks(torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device))
