@@ -65,28 +65,10 @@ class Scheduler:
 
     def schedule(self) -> StepPlan | None:
         """The chunks of the next step; None when nothing can run (no work)."""
-        budget = self.max_tokens_per_step
         chunks, copies = [], []
-        preempted = False
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            take = self._fit(seq, min(seq.length - seq.num_computed, budget))
-            while take == 0 and self.running[-1] is not seq:
-                self._preempt(self.running[-1])
-                preempted = True
-                take = self._fit(seq, min(seq.length - seq.num_computed, budget))
-            if take == 0:
-                if len(self.running) == 1:
-                    raise RuntimeError("KV cache: one sequence alone does not fit the free blocks")
-                self._preempt(seq)
-                preempted = True
-                break
-            chunks.append(self._chunk(seq, take, copies))
-            budget -= take
-            i += 1
+        budget, preempted = self._schedule_running(self.max_tokens_per_step, chunks, copies)
         if not preempted:  # admitting new prompts while evicting running ones would only thrash
-            budget = self._admit(budget, chunks, copies)
+            self._admit(budget, chunks, copies)
         if not chunks:
             return None
         chunks.sort(key=lambda c: c.end - c.start > 1)  # stable: decode rows first, each group in order
@@ -116,7 +98,39 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _admit(self, budget: int, chunks: list[Chunk], copies: list[BlockCopy]) -> int:
+    def _schedule_running(self, budget: int, chunks: list[Chunk], copies: list) -> tuple[int, bool]:
+        """A chunk for each running sequence, in admission order, while the budget lasts; when blocks run out the
+        newest running sequence is preempted (this one too, if it is the newest). Returns (budget left, whether
+        any sequence was preempted)."""
+        preempted, i = False, 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            if self._decodes_in_place(seq):  # the common step, with no block work: one token, own block
+                chunks.append(Chunk(seq, seq.num_computed, seq.num_computed + 1))
+                budget, i = budget - 1, i + 1
+                continue
+            take = self._fit(seq, min(seq.length - seq.num_computed, budget))
+            while take == 0 and self.running[-1] is not seq:
+                self._preempt(self.running[-1])
+                preempted = True
+                take = self._fit(seq, min(seq.length - seq.num_computed, budget))
+            if take == 0:
+                if len(self.running) == 1:
+                    raise RuntimeError("KV cache: one sequence alone does not fit the free blocks")
+                self._preempt(seq)
+                return budget, True
+            chunks.append(self._chunk(seq, take, copies))
+            budget, i = budget - take, i + 1
+        return budget, preempted
+
+    def _decodes_in_place(self, seq: Sequence) -> bool:
+        """seq computes one token whose position falls in a block it already holds alone."""
+        position = seq.num_computed
+        index = position // self.blocks.block_size
+        return position == seq.length - 1 and index < len(seq.block_ids) and \
+            self.blocks.ref_counts[seq.block_ids[index]] == 1
+
+    def _admit(self, budget: int, chunks: list[Chunk], copies: list[BlockCopy]) -> None:
         while self.waiting and budget > 0:
             leader = self.waiting[0]
             if len(self.free_rows) < 1 + len(leader.siblings):
@@ -130,7 +144,6 @@ class Scheduler:
             self.running.append(leader)
             chunks.append(self._chunk(leader, take, copies))
             budget -= take
-        return budget
 
     def _fit(self, seq: Sequence, want: int) -> int:
         """The most tokens, up to want, that seq's next chunk can take with the free blocks."""
