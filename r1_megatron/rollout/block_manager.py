@@ -18,6 +18,7 @@ import collections
 import dataclasses
 
 SCRATCH_BLOCK = 0
+SCRATCH_BLOCKS = SCRATCH_BLOCK + 1  # blocks the pool holds beyond what sequences can take
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ class BlockManager:
             raise ValueError(f"BlockManager needs num_blocks >= 2 (block 0 is scratch) and block_size >= 1, got "
                              f"{num_blocks}, {block_size}")
         self.num_blocks, self.block_size = num_blocks, block_size
-        self.free_blocks = collections.deque(range(1, num_blocks))
+        self.free_blocks = collections.deque(range(SCRATCH_BLOCKS, num_blocks))
         self.ref_counts = [0] * num_blocks
 
     @property

@@ -7,7 +7,7 @@ import torch
 
 from r1_megatron.models.config import ModelConfig
 
-SCRATCH_BLOCKS = 1  # block 0 (rollout/block_manager.py)
+from .block_manager import SCRATCH_BLOCKS
 
 
 @dataclasses.dataclass(frozen=True)

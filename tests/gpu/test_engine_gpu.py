@@ -8,7 +8,8 @@ from r1_megatron.rollout.decode_graphs import DecodeGraphs, GraphConfig
 from tests.rollout.engine_fixtures import PROMPTS, load_pair, no_cache_greedy
 
 NEW = 8
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_suite.sh)")]
 
 
 @pytest.fixture(scope="module", params=["qwen2", "deepseek_v3"])
