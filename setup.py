@@ -49,7 +49,8 @@ setup(
     python_requires=">=3.10",
     packages=[NAME, *(f"{NAME}.{p}" for p in find_packages(NAME)), f"{NAME}.kernels"],
     package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},
-    package_data={NAME: ["py.typed", "grpo/recipes/*.yaml", "sft/recipes/*.yaml"]},
+    package_data={NAME: ["py.typed", "grpo/recipes/*.yaml", "sft/recipes/*.yaml", "evaluation/recipes/*.yaml",
+                         "evaluation/benchmarks.yaml", "evaluation/data/*.jsonl", "evaluation/data/*.csv"]},
     install_requires=[
         "torch>=2.4",
         "megatron-core==0.16.1",  # the CPU compatibility layer patches this exact version's internals
@@ -70,8 +71,10 @@ setup(
         "test": ["pytest>=7", "transformers>=5.0"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         # benchmarks/ peers: TRL (bench_grpo_step.py, bench_sft.py); 1.16.0 is the release tested with
-        # transformers 5.24 and torch 2.13 (it brings accelerate and datasets)
-        "bench": ["liger-kernel", "trl==1.16.0"],
+        # transformers 5.24 and torch 2.13 (it brings accelerate and datasets). lm-evaluation-harness
+        # (bench_eval.py): 0.4.13 tested with the same transformers and torch (its python-dateutil<3 pin via
+        # pytablewriter's typepy moves dateutil back to 2.9.0.post0, which pandas and matplotlib accept)
+        "bench": ["liger-kernel", "trl==1.16.0", "lm-eval==0.4.13"],
     },
     entry_points={"console_scripts": ["r1-megatron = r1_megatron.cli:main"]},
     ext_modules=ext_modules,

@@ -7,8 +7,9 @@
 #   benchmarks/gpu_suite.sh --plan FILE  # another plan, in the format of plan() below (e.g. other sizes)
 #
 # Assumes torch (CUDA), triton and transformers are installed (the GPU image has them) and that nothing can be
-# downloaded. Missing packages (megatron-core; trl + datasets for the TRL peers) come as wheels: make them on a
-# machine with internet and the GPU machine's Python (pip download -d DIR megatron-core==0.16.1 trl==1.16.0 ...),
+# downloaded. Missing packages (megatron-core; trl + datasets for the TRL peers; lm-eval for bench_eval.py) come
+# as wheels: make them on a machine with internet and the GPU machine's Python (pip download -d DIR
+# megatron-core==0.16.1 trl==1.16.0 ...; pip wheel -w DIR lm-eval==0.4.13, as some of its dependencies are sdists),
 # carry DIR along, and pass R1_BENCH_WHEELS=DIR: they are installed with pip --no-index --no-deps into
 # R1_BENCH_SITE (default /tmp/r1_bench_site), which goes on PYTHONPATH. r1_megatron itself is installed from
 # this checkout (`pip install --no-deps --no-build-isolation -e .`, which builds the csrc CUDA extension) unless
@@ -74,6 +75,7 @@ rmsnorm|60|megatron.core|$RES/rmsnorm_$TAG.json|$PY $B/bench_rmsnorm.py --device
 group_advantages|60|megatron.core|$RES/group_advantages_$TAG.json|$PY $B/bench_group_advantages.py --device cuda --repeats 20 --out \$OUT
 sampling|60|megatron.core|$RES/sampling_$TAG.json|$PY $B/bench_sampling.py --device cuda --out \$OUT
 sft|150|megatron.core|$RES/sft_$TAG.json|$PY $B/bench_sft.py --device cuda --sizes small --rounds 1 --warmup 1 --steps 4 --no-plot --out \$OUT
+eval|180|megatron.core,lm_eval|$RES/eval_$TAG.json|$PY $B/bench_eval.py --device cuda --preset gpu-1.5b --out \$OUT
 reward_runner|60|-|-|$PY $B/bench_reward_runner.py
 rollout_batch|60|-|-|$PY $B/bench_rollout_batch.py
 EOF

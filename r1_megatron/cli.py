@@ -85,6 +85,21 @@ def _export(args) -> int:
     return 0
 
 
+# ---- eval ----------------------------------------------------------------------------------------------------
+
+
+def _eval_args(parser) -> None:
+    from r1_megatron.evaluation.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _eval(args) -> int:
+    from r1_megatron.evaluation.command import main as run
+
+    return run(args)
+
+
 # ---- train ALGORITHM ---------------------------------------------------------------------------------------
 
 
@@ -149,6 +164,9 @@ COMMANDS = {
                       "Under torchrun, every rank runs this command (with --tp/--pp/--ep for models too big for "
                       "one process)."),
     "train": Command("train a model (grpo: R1-Zero-style RL; sft: supervised fine-tuning)", _train_args, _train),
+    "eval": Command("evaluate a model on benchmarks: R1's pass@1 over k samples, pass@k, cons@k", _eval_args, _eval,
+                    "R1's protocol by default (temperature 0.6, top-p 0.95, k samples per question). Under torchrun, "
+                    "every rank runs this command (parallel.tp=..., parallel.ep=...; data parallel over the rest)."),
     "plot": Command("write PNG charts of a run's metrics", _plot_args, _plot),
 }
 

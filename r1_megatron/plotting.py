@@ -1,5 +1,6 @@
-"""PNG charts of a run's metrics.jsonl against step, plus a 2x2 summary: reward, accuracy, response length and KL
-for RL runs; loss (and validation loss), LR, gradient norm and packing efficiency for SFT runs.
+"""PNG charts of a run's metrics.jsonl against step, plus a summary of them all: reward, accuracy, response length
+and KL for RL runs; loss (and validation loss), LR, gradient norm and packing efficiency for SFT runs; and the
+held-out evaluation's scores for runs that evaluate (training_eval.py).
 
 matplotlib is imported only when plotting, through its object API (Figure + savefig renders with Agg), so
 plotting never switches the pyplot backend of the calling process and needs no display.
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 PLOTS_DIR = "plots"
 SMOOTH_MIN_STEPS = 20  # below this a moving average hides more than it shows
 _REWARD_COMPONENT = re.compile(r"^reward/(?P<name>.+)_mean$")
+_EVAL_SCORE = re.compile(r"^eval/(pass|cons)@\d+$")
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,29 @@ SFT_CHARTS = (
 )
 
 
+def _eval_scores(records: list[dict]) -> tuple[str, ...]:
+    """The periodic evaluation's pass@K and cons@K keys that were logged (evaluation/training_eval.py)."""
+    keys = {k for r in records for k in r if _EVAL_SCORE.match(k)}
+    return tuple(sorted(keys, key=lambda k: (k.startswith("eval/cons@"), int(k.rsplit("@", 1)[1]))))
+
+
 def charts_for(records: list[dict]) -> tuple[Chart, ...]:
-    """The four charts of the run's kind: RL runs (a reward is logged) get reward, accuracy, length and KL, the
-    reward chart carrying one extra line per logged reward component; SFT runs get loss, LR, gradient norm and
-    packing efficiency."""
+    """The charts of the run's kind: RL runs (a reward is logged) get reward, accuracy, length and KL, the
+    reward chart carrying one extra line per logged reward component and the accuracy chart the held-out
+    evaluation's pass@1 and cons@K; SFT runs get loss, LR, gradient norm and packing efficiency. A run that
+    evaluated (eval/pass@1 logged) also gets a chart of every evaluation score."""
+    scores = _eval_scores(records)
+    evaluation = (Chart("eval", "Held-out evaluation (R1 protocol)", "fraction", "eval/pass@1",
+                        tuple(k for k in scores if k != "eval/pass@1")),) if scores else ()
     if not any("reward/total_mean" in r for r in records) and any("loss" in r for r in records):
-        return SFT_CHARTS
+        return SFT_CHARTS + evaluation
+    shown = tuple(k for k in scores if k == "eval/pass@1" or k.startswith("eval/cons@"))
     return (
         Chart("reward", "Reward", "reward", "reward/total_mean", _reward_components(records)),
-        Chart("accuracy", "Accuracy", "fraction", "accuracy", ("format_rate",)),
+        Chart("accuracy", "Accuracy (rollouts; held-out evaluation)", "fraction", "accuracy", ("format_rate",) + shown),
         Chart("response_length", "Response length", "tokens", "response_length/mean", ("response_length/max",)),
         Chart("kl", "KL to reference", "KL", "loss/kl"),
-    )
+    ) + evaluation
 
 
 def series(records: list[dict], metric: str) -> tuple[list[int], list[float]]:
@@ -139,17 +152,22 @@ def _charts_present(records: list[dict], run_dir: Path) -> tuple[tuple[Chart, ..
 
 
 def _write_summary(path: Path, charts: tuple[Chart, ...], present: list[Chart], records: list[dict]) -> Path:
-    fig = _figure(figsize=(12, 8))
-    for ax, chart in zip(fig.subplots(2, 2).flat, charts):
+    """Two rows of charts (2x2 for four, 2x3 for five or six); a grid cell without a chart stays empty."""
+    columns = max(2, math.ceil(len(charts) / 2))
+    fig = _figure(figsize=(6 * columns, 8))
+    axes = list(fig.subplots(2, columns).flat)
+    for ax, chart in zip(axes, charts):
         if chart in present:
             _draw_chart(ax, chart, records)
         else:
             _draw_missing(ax, chart)
+    for ax in axes[len(charts):]:
+        ax.set_axis_off()
     return _save(fig, path)
 
 
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Write <chart>.png for each chart whose main metric was logged, and summary.png (2x2), into out_dir
+    """Write <chart>.png for each chart whose main metric was logged, and summary.png (all charts), into out_dir
     (default RUN_DIR/plots); return the paths written. Charts whose metric is absent are skipped with a
     warning; a missing or empty metrics file, or one with none of the charted metrics, raises."""
     run_dir = Path(run_dir)

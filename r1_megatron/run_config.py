@@ -34,10 +34,12 @@ class ConfigError(ValueError):
     """A bad recipe or override; the message is one line naming the source (file:line or command line) and key."""
 
 
-def load_run_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (), cls: type | None = None):
+def load_run_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (), cls: type | None = None,
+                    prepare: typing.Callable[[dict], None] | None = None):
     """Read the YAML recipe at `path` (None: the command's built-in recipe, `cls.DEFAULT_RECIPE`), apply dotted
     `key=value` overrides (values parsed as YAML: numbers, true/false, null, [lists], {maps}) and build the config
-    dataclass `cls` (default GRPORunConfig)."""
+    dataclass `cls` (default GRPORunConfig). `prepare(data)`, when given, may edit the mapping after the
+    overrides, before it is built (evaluation/benchmark_suite.py copies each benchmark's key into its `name`)."""
     if cls is None:
         from r1_megatron.grpo.config import GRPORunConfig as cls
     recipe = Path(getattr(cls, "DEFAULT_RECIPE", DEFAULT_RECIPE)) if path is None else Path(path)
@@ -45,6 +47,8 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: Sequence[s
     data, sources = _read_recipe(recipe, name)
     for item in overrides:
         _apply_override(data, sources, item)
+    if prepare is not None:
+        prepare(data)
     return _Builder(cls, sources, name).build(cls, data, ())
 
 

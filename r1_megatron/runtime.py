@@ -110,8 +110,12 @@ def initialize_parallel(config: ParallelConfig | None = None) -> ParallelConfig:
     """Start distributed (if needed) and Megatron parallel state for `config`; re-initialises on a new layout."""
     from megatron.core import parallel_state
 
-    global _current
+    global _current, _WORLD_GLOO
     config = config or ParallelConfig()
+    if not dist.is_initialized():  # a new process group: groups made in an earlier one (a command that ran
+        _WORLD_GLOO = None  # in this process and tore its group down) are gone
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
     init_distributed()
     config.data_parallel_size(dist.get_world_size())
     if parallel_state.model_parallel_is_initialized():
@@ -165,9 +169,9 @@ def ensure_parallel_state() -> ParallelConfig:
     """The current layout; a single-process layout is initialised when none exists."""
     from megatron.core import parallel_state
 
-    if parallel_state.model_parallel_is_initialized() and _current is not None:
+    if dist.is_initialized() and parallel_state.model_parallel_is_initialized() and _current is not None:
         return _current
-    return initialize_parallel(ParallelConfig())
+    return initialize_parallel(ParallelConfig())  # also after a command in this process tore its group down
 
 
 def seed_everything(seed: int) -> None:

@@ -42,6 +42,13 @@ def chat_records(n: int, seed: int) -> list[dict]:
     return records
 
 
+def chat_questions(n: int, seed: int) -> list[dict]:
+    """`n` single-exchange records {"question", "answer"} (the answer without its reasoning) for held-out
+    evaluation of the chats' task; a pure function of (n, seed)."""
+    rng = random.Random(f"questions:{seed}")
+    return [dict(zip(("question", "answer"), _turn(rng)[::2])) for _ in range(n)]
+
+
 def build_chat_tokenizer(directory: str | os.PathLike) -> str:
     """Write a character-level tokenizer with the ChatML template to `directory` (loadable by
     r1_megatron.tokenizer.load_tokenizer and transformers' PreTrainedTokenizerFast); ids: 0 <|endoftext|> (pad),

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from r1_megatron.data.answer_format import AnswerFormat
 from r1_megatron.data.prompt_dataset import OnError
 from r1_megatron.data.synthetic import ArithmeticConfig
+from r1_megatron.evaluation.config import TrainingEvalConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
 from r1_megatron.models.source import ModelSourceConfig  # noqa: F401  (re-exported: the model section's type)
@@ -229,7 +230,7 @@ class WarmStartConfig:
 @dataclasses.dataclass
 class GRPORunConfig(RunConfig):
     """A whole GRPO run: the sections every run has (training/run_sections.py: run_dir, seed, model, parallel,
-    optimizer, checkpoint, logging) and GRPO's own."""
+    optimizer, checkpoint, logging), GRPO's own, and the periodic evaluation (evaluation/config.py)."""
 
     DEFAULT_RECIPE: ClassVar[Path] = Path(__file__).resolve().parent / "recipes" / "tiny_demo.yaml"
 
@@ -240,6 +241,7 @@ class GRPORunConfig(RunConfig):
     algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    evaluation: TrainingEvalConfig = dataclasses.field(default_factory=TrainingEvalConfig)
 
     def __post_init__(self):
         _positive("run", steps=self.steps)

@@ -13,10 +13,13 @@ import time
 import torch
 from megatron.core import parallel_state
 
+from r1_megatron.evaluation.scorers import scorer_for_reward
+from r1_megatron.evaluation.training_eval import TrainingEvaluation, held_out_questions
 from r1_megatron.kernels import group_advantages
 from r1_megatron.rewards.runner import RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.runtime import world_max
+from r1_megatron.scored_generation import ScoredBatch, generate_and_score
 from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.offload import HostOffload
 from r1_megatron.training.packing import extend_to
@@ -64,6 +67,9 @@ class GRPOTrainer:
         self.task = build_task(cfg, say=run.say)
         run.tokenizer_dir = self.task.tokenizer_dir
         self.reward_health = RewardHealth(cfg.rewards.max_failed_steps)
+        accuracy = scorer_for_reward(cfg.rewards.accuracy) if cfg.rewards.accuracy else None
+        self.extract_answer = accuracy.extract if accuracy else None  # the answer shown in samples.jsonl
+        self.evaluation = self._training_evaluation() if cfg.evaluation.enabled else None
         self.ddp = run.build_policy()
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
                              eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed,
@@ -93,6 +99,8 @@ class GRPOTrainer:
         cfg, run = self.cfg, self.run
         rewards = RewardRunner(cfg.rewards.runner_config())
         with rewards, run.loop(cfg.steps, checks=(self.reward_health.end_step,)) as loop:
+            if run.step == 0 and self._evaluation_due():
+                loop.log_before_first_step(self.evaluation.evaluate(0, self.engine))
             while loop.running():
                 t_step = time.perf_counter()
                 stats = StepStats()
@@ -102,7 +110,10 @@ class GRPOTrainer:
                 run.step += 1
                 self.maybe_refresh_reference()
                 stats.add("time/step", time.perf_counter() - t_step)
-                loop.end_step(self.step_metrics(stats), samples=self.step_samples)
+                metrics = self.step_metrics(stats)
+                if self._evaluation_due():
+                    metrics |= self.evaluation.evaluate(self.step, self.engine)
+                loop.end_step(metrics, samples=self.step_samples)
         return run.finish(cfg.steps)
 
     def rollout(self, rewards: RewardRunner, stats: StepStats) -> list[RolloutSample]:
@@ -119,39 +130,36 @@ class GRPOTrainer:
                 break
             prompts = self.task.dataset.next_batch(cfg.rollout.prompts_per_step)
             share = split_parts(prompts, self.dp_size)[self.dp_rank] if len(kept) < want * G else []
-            groups = self._generate_and_score(share, self.dp_rank * (len(prompts) // self.dp_size), round_, rewards,
-                                              stats)
+            groups = self._scored_groups(share, self.dp_rank * (len(prompts) // self.dp_size), round_, rewards,
+                                         stats)
             if cfg.algorithm.dynamic_sampling:
                 groups = [g for g in groups if len({s.reward for s in g}) > 1]
             kept.extend(s for g in groups[:want - len(kept) // G] for s in g)
         stats.add("rollout/groups_kept", len(kept) / G / want)
         return kept
 
-    def _generate_and_score(self, prompts, first_index: int, round_: int, rewards, stats) -> list[list[RolloutSample]]:
+    def _scored_groups(self, prompts, first_index: int, round_: int, rewards, stats) -> list[list[RolloutSample]]:
+        """G scored samples of each prompt (scored_generation.generate_and_score) with their group advantages."""
         cfg, G = self.cfg, self.cfg.rollout.group_size
         r = cfg.rollout
         params = [SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                  max_new_tokens=r.max_new_tokens, seed=sample_seed(cfg.seed, self.step, first_index + i,
                                                                                    round_))
                   for i in range(len(prompts))]
-        t0 = time.perf_counter()
         offload = HostOffload(self.ddp, self.optimizer) if r.offload_training_state else None
-        with self.engine.generating(offload=offload):
-            completions = self.engine.generate([list(p.prompt_ids) for p in prompts], params)
+        batch = generate_and_score(self.engine, self.task.tokenizer, [p.prompt_ids for p in prompts],
+                                   [p.reward_sample() for p in prompts], params, rewards, extract=self.extract_answer,
+                                   offload=offload)
         if not prompts:
             return []
-        t1 = time.perf_counter()
-        texts, reward_samples = reward_inputs(self.task.tokenizer, prompts, completions)
-        scored = rewards.score(texts, reward_samples)
-        t2 = time.perf_counter()
-        rewards_B = torch.tensor(scored.total, dtype=torch.float32, device=self.engine.device)  # GPU: Triton kernel
+        rewards_B = torch.tensor(batch.scored.total, dtype=torch.float32, device=self.engine.device)  # GPU: Triton
         adv_B = group_advantages(rewards_B, G, std=cfg.algorithm.advantage_std, eps=cfg.algorithm.advantage_eps)
-        self._rollout_stats(stats, completions, scored, rewards_B, adv_B, t1 - t0, t2 - t1)
+        self._rollout_stats(stats, batch, rewards_B, adv_B)
         if round_ == 0:
-            self.step_samples = self._shown_samples(prompts, completions, texts, scored, adv_B)
-        samples = [RolloutSample(list(prompts[c.prompt_index].prompt_ids), c.token_ids, c.logprobs, float(rw),
-                                 float(a), c.finish_reason is FinishReason.LENGTH, first_index + c.prompt_index)
-                   for c, rw, a in zip(completions, rewards_B.tolist(), adv_B.tolist())]
+            self.step_samples = self._shown_samples(prompts, batch, adv_B)
+        samples = [RolloutSample(list(prompts[s.prompt_index].prompt_ids), s.token_ids, s.logprobs, float(rw),
+                                 float(a), s.finish_reason is FinishReason.LENGTH, first_index + s.prompt_index)
+                   for s, rw, a in zip(batch.samples, rewards_B.tolist(), adv_B.tolist())]
         return [samples[i:i + G] for i in range(0, len(samples), G)]
 
     def training_batches(self, samples: list[RolloutSample], stats: StepStats) -> list[list[MicroBatch]]:
@@ -231,9 +239,9 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------------------------------- bookkeeping
 
-    def _rollout_stats(self, stats, completions, scored, rewards_B, adv_B, gen_s, reward_s) -> None:
-        G = self.cfg.rollout.group_size
-        lengths = [len(c.token_ids) for c in completions]
+    def _rollout_stats(self, stats, batch: ScoredBatch, rewards_B, adv_B) -> None:
+        G, scored = self.cfg.rollout.group_size, batch.scored
+        lengths = [len(s.token_ids) for s in batch.samples]
         stats.add_many("reward/total_mean", scored.total)
         self.reward_health.record(stats, scored)  # reward/errors, reward/timeouts, reward/crashes
         for name, values in scored.per_reward.items():
@@ -243,24 +251,23 @@ class GRPOTrainer:
                 stats.add_many(role, [float(v >= 1.0) for v in scored.per_reward[name]])
         stats.add_many("response_length/mean", lengths)
         stats.max("response_length/max", float(max(lengths)))
-        stats.add_many("response_length/truncated_frac", [c.finish_reason is FinishReason.LENGTH for c in completions])
+        stats.add_many("response_length/truncated_frac", [not s.stopped for s in batch.samples])
         adv_B, rewards_B = adv_B.cpu(), rewards_B.cpu()
         stats.add_many("advantage/mean", adv_B.tolist())
         stats.add_many("advantage/square_mean", adv_B.square().tolist())
         stats.add_many("advantage/zero_group_frac", (rewards_B.view(-1, G).std(dim=1, unbiased=False) == 0).tolist())
-        stats.add("time/generate", gen_s)
-        stats.add("time/reward", reward_s)
+        stats.add("time/generate", batch.generate_s)
+        stats.add("time/reward", batch.reward_s)
         stats.total("rollout/tokens", float(sum(lengths)))
 
-    def _shown_samples(self, prompts, completions, texts, scored, adv_B) -> list[dict]:
+    def _shown_samples(self, prompts, batch: ScoredBatch, adv_B) -> list[dict]:
         """What samples.jsonl shows of this rank's rollout: the first completion of each of the first prompts."""
         G, shown = self.cfg.rollout.group_size, []
-        for i in range(0, min(len(completions), G * self.cfg.logging.samples_per_step), G):
-            c = completions[i]
-            shown.append({"prompt": prompts[c.prompt_index].prompt, "completion": texts[i],
-                          "rewards": {name: values[i] for name, values in scored.per_reward.items()},
-                          "reward": scored.total[i], "advantage": float(adv_B[i]),
-                          "finish_reason": c.finish_reason.value, "tokens": len(c.token_ids)})
+        for i in range(0, min(len(batch.samples), G * self.cfg.logging.samples_per_step), G):
+            s = batch.samples[i]
+            shown.append({"prompt": prompts[s.prompt_index].prompt, "completion": s.text, "rewards": s.rewards,
+                          "reward": s.reward, "advantage": float(adv_B[i]), "answer": s.answer,
+                          "finish_reason": s.finish_reason.value, "tokens": len(s.token_ids)})
         return shown
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
@@ -274,6 +281,9 @@ class GRPOTrainer:
         out.update(self.warm_start.metrics if self.step == 1 else {})
         return out
 
+    def _evaluation_due(self) -> bool:
+        return self.evaluation is not None and self.evaluation.due(self.step, self.total_steps)
+
     def maybe_refresh_reference(self) -> None:
         k = self.cfg.algorithm.ref_refresh_steps
         if self.reference is not None and k and self.step % k == 0:
@@ -283,7 +293,18 @@ class GRPOTrainer:
 
     def _max_seq_len(self) -> int:
         longest = max(len(s.prompt_ids) for s in self.task.dataset.samples)
-        return longest + self.cfg.rollout.max_new_tokens + 1
+        return max(longest + self.cfg.rollout.max_new_tokens + 1,
+                   self.evaluation.max_seq_len if self.evaluation is not None else 0)
+
+    def _training_evaluation(self) -> TrainingEvaluation:
+        """The periodic evaluation (evaluation.*): the task's held-out examples, scored by its own scorer, or a
+        named benchmark; the rollout's length unless evaluation.sampling.max_new_tokens is set."""
+        cfg, run = self.cfg, self.run
+        return TrainingEvaluation(cfg.evaluation, run.run_dir, self.task.tokenizer,
+                                  rewards=cfg.evaluation.rewards.runner_config(),
+                                  max_new_tokens=cfg.rollout.max_new_tokens,
+                                  seed=cfg.seed, held_out=held_out_questions(self.task.held_out),
+                                  held_out_scorer=scorer_for_reward(self.task.scorer), say=run.say)
 
 
 def from_last_stage(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -295,12 +316,3 @@ def from_last_stage(values: dict[str, float], device: torch.device) -> dict[str,
                                 group=parallel_state.get_pipeline_model_parallel_group())
     return dict(zip(values, values_K.tolist()))
 
-
-def reward_inputs(tokenizer, prompts, completions) -> tuple[list[str], list[dict]]:
-    """What the rewards score: each completion's text, decoded with special tokens kept but without the EOS/stop
-    token that ended it (a chat model's `<|im_end|>` would fail the format reward's "nothing after </answer>"),
-    and its prompt's reference data plus `finish_reason` ("stop" or "length": whether it ended by itself)."""
-    texts = [tokenizer.decode(c.content_ids) for c in completions]
-    samples = [{**prompts[c.prompt_index].reward_sample(), "finish_reason": c.finish_reason.value}
-               for c in completions]
-    return texts, samples

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 _BOXED = ("\\boxed", "\\fbox")
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+_THINK_CLOSE = "</think>"
 
 
 def _balanced_group(text: str, open_idx: int) -> str | None:
@@ -75,3 +76,8 @@ def extract_final_answer(text: str) -> str | None:
         if found is not None and found.strip():
             return found.strip()
     return None
+
+
+def answer_after_think(text: str) -> str | None:
+    """The text after the last ``</think>`` (the whole text when there is none), stripped; None when empty."""
+    return text.rpartition(_THINK_CLOSE)[2].strip() or None

@@ -28,7 +28,36 @@ class AssertTest:
     code: str
 
 
-TestCase = StdioTest | AssertTest
+@dataclasses.dataclass(frozen=True)
+class FunctionalTest:
+    """LiveCodeBench's call-based (LeetCode) test: ``input`` holds one JSON value per line, the arguments of
+    ``func_name`` (a method of ``Solution`` when the program defines that class, else a function); pass when the
+    return value (a tuple read as a list) equals the JSON value ``output``. As in LiveCodeBench's runner the
+    program runs after ``FUNCTIONAL_PRELUDE``, so LeetCode-style code using ``List[int]`` without importing it
+    works."""
+
+    input: str
+    output: str
+    func_name: str
+
+    def assert_code(self) -> str:
+        """The statements that call the function and assert its result, run in the program's namespace."""
+        return (f"import json as _json\n"
+                f"_args = [_json.loads(_line) for _line in {self.input!r}.splitlines() if _line.strip()]\n"
+                f"_fn = getattr(Solution(), {self.func_name!r}) if 'Solution' in globals() else {self.func_name}\n"
+                f"_got = _fn(*_args)\n"
+                f"assert (list(_got) if isinstance(_got, tuple) else _got) == _json.loads({self.output!r})\n")
+
+
+TestCase = StdioTest | AssertTest | FunctionalTest
+# What LeetCode's judge has in scope before a solution runs, as LiveCodeBench's runner gives it to call-based
+# programs: star imports of the standard modules solutions use unimported (List, deque, lru_cache, inf, ...), then
+# the builtins again (math's pow, re's compile and io's open would otherwise shadow them), the modules by name,
+# and a recursion limit for recursive searches.
+_PRELUDE_MODULES = ("typing", "collections", "heapq", "bisect", "itertools", "functools", "math", "operator",
+                    "string", "re", "copy", "random", "statistics", "datetime", "io", "json")
+FUNCTIONAL_PRELUDE = ("".join(f"from {m} import *\n" for m in _PRELUDE_MODULES) + "from builtins import *\n"
+                      + "".join(f"import {m}\n" for m in _PRELUDE_MODULES) + "import sys\nsys.setrecursionlimit(50000)\n")
 
 
 def last_code_block(completion: str) -> str | None:
@@ -42,7 +71,9 @@ def parse_test_cases(tests: Any) -> list[TestCase]:
 
     Accepted: a JSON string of any of the following; ``{"inputs": [...], "outputs": [...]}`` (APPS/TACO style);
     a list whose items are ``{"input": ..., "output": ...}`` dicts, assert-statement strings, or
-    ``{"assert": ...}`` dicts. Anything else is a data error and raises ValueError.
+    ``{"assert": ...}`` dicts. An input/output dict may carry LiveCodeBench's ``"testtype"``: ``"stdin"`` (the
+    same as none), or ``"functional"``, which also needs ``"func_name"`` (``FunctionalTest``; LiveCodeBench keeps
+    the name in each problem's ``metadata``). Anything else is a data error and raises ValueError.
     """
     if isinstance(tests, str):
         try:
@@ -59,15 +90,28 @@ def parse_test_cases(tests: Any) -> list[TestCase]:
 
 
 def _one_case(item: Any, index: int) -> TestCase:
-    if isinstance(item, (StdioTest, AssertTest)):
+    if isinstance(item, (StdioTest, AssertTest, FunctionalTest)):
         return item
     if isinstance(item, str):
         return AssertTest(item)
     if isinstance(item, dict) and "assert" in item:
         return AssertTest(str(item["assert"]))
     if isinstance(item, dict) and {"input", "output"} <= set(item):
-        return StdioTest(_text(item["input"]), _text(item["output"]))
+        return _io_case(item, index)
     raise ValueError(f"code tests: item {index} is neither an assert string nor an input/output dict: {item!r:.200}")
+
+
+def _io_case(item: dict, index: int) -> StdioTest | FunctionalTest:
+    testtype = item.get("testtype", "stdin")
+    if testtype == "stdin":
+        return StdioTest(_text(item["input"]), _text(item["output"]))
+    if testtype != "functional":
+        raise ValueError(f"code tests: item {index} has testtype {testtype!r}; expected 'stdin' or 'functional'")
+    name = item.get("func_name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"code tests: item {index} is a functional (call-based) test without a valid 'func_name' "
+                         f"(got {name!r})")
+    return FunctionalTest(_text(item["input"]), _text(item["output"]), name)
 
 
 def _text(value: Any) -> str:
@@ -81,6 +125,8 @@ def _normalise_output(text: str) -> str:
 def _passes(program: str, case: TestCase, config: SandboxConfig) -> bool:
     if isinstance(case, AssertTest):
         return run_python(program, tests=case.code, config=config).passed_marker
+    if isinstance(case, FunctionalTest):
+        return run_python(FUNCTIONAL_PRELUDE + program, tests=case.assert_code(), config=config).passed_marker
     result = run_python(program, stdin=case.input.encode("utf-8", "surrogatepass"), config=config)
     if result.timed_out or result.exit_code != 0 or result.output_truncated:
         return False

@@ -31,10 +31,11 @@ def load_math_verify():
 
 @functools.lru_cache(maxsize=4096)
 def _parse_gold(ground_truth: str):
-    return _parse_boxed(ground_truth)
+    return parse_boxed(ground_truth)
 
 
-def _parse_boxed(answer: str):
+def parse_boxed(answer: str):
+    """math-verify's parse of ``answer`` as if it were boxed, the one parse every math comparison here uses."""
     mv = load_math_verify()
     # parsing_timeout=None: math-verify's own timeout is signal.alarm(int seconds), which would cancel our
     # float deadline (both use ITIMER_REAL) and raises in non-main threads; wall_deadline replaces it.
@@ -71,7 +72,7 @@ def math_accuracy(completion: str, ground_truth: str, *, timeout_s: float = 3.0)
             return 0.0
         with wall_deadline(timeout_s):
             gold = _parse_gold(str(ground_truth).strip())
-            pred = _parse_boxed(answer)
+            pred = parse_boxed(answer)
             if not gold or not pred:
                 return 0.0
             ok = load_math_verify().verify(gold, pred, timeout_seconds=None)

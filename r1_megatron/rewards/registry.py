@@ -18,10 +18,12 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Mapping, Sequence
 
+from .choice_reward import choice_reference, multiple_choice
 from .code_reward import code_tests, parse_test_cases
+from .exact_reward import exact_answer, exact_reference
 from .language_reward import language_consistency
 from .math_reward import check_reference, math_accuracy
-from .template_format import format_reward
+from .template_format import format_reward, think_format
 
 RewardFn = Callable[..., float]
 RewardCheck = Callable[[Mapping[str, Any]], None]
@@ -44,6 +46,26 @@ def _code_tests(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
     return code_tests(completion, sample["tests"], **kwargs)
 
 
+def _multiple_choice(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
+    return multiple_choice(completion, sample["answer"], **kwargs)
+
+
+def _exact_answer(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
+    return exact_answer(completion, sample["answer"], **kwargs)
+
+
+def _think_format(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
+    return think_format(completion, **kwargs)
+
+
+def _check_choice_reference(sample: Mapping[str, Any]) -> None:
+    choice_reference(sample["answer"])
+
+
+def _check_exact_reference(sample: Mapping[str, Any]) -> None:
+    exact_reference(sample["answer"])
+
+
 def _check_math_reference(sample: Mapping[str, Any]) -> None:
     check_reference(sample["answer"])
 
@@ -58,10 +80,15 @@ _REGISTRY: dict[str, RewardFn | str] = {
     "language_consistency": _language_consistency,
     "code_tests": _code_tests,
     "arithmetic_exact": "r1_megatron.data.synthetic:arithmetic_reward_for_sample",
+    "multiple_choice": _multiple_choice,
+    "exact_answer": _exact_answer,
+    "think_format": _think_format,
 }
 _NEEDS: dict[str, tuple[str, ...]] = {"math_accuracy": ("answer",), "code_tests": ("tests",),
-                                      "arithmetic_exact": ("answer",)}
-_CHECKS: dict[str, RewardCheck] = {"math_accuracy": _check_math_reference, "code_tests": _check_code_tests}
+                                      "arithmetic_exact": ("answer",), "multiple_choice": ("answer",),
+                                      "exact_answer": ("answer",)}
+_CHECKS: dict[str, RewardCheck] = {"math_accuracy": _check_math_reference, "code_tests": _check_code_tests,
+                                   "multiple_choice": _check_choice_reference, "exact_answer": _check_exact_reference}
 
 
 def register_reward(name: str, *, needs: Sequence[str] = (), check: RewardCheck | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from r1_megatron.data.sft_dataset import SFTDataConfig
+from r1_megatron.evaluation.config import TrainingEvalConfig
 from r1_megatron.models.source import ModelSourceConfig
 from r1_megatron.sft.step import Batching
 from r1_megatron.training.optimizer import LRDecay, OptimizerSettings
@@ -94,6 +95,7 @@ class SFTRunConfig(RunConfig):
     optimizer: OptimizerSettings = dataclasses.field(default_factory=_sft_optimizer)
     data: SFTDataSection = dataclasses.field(default_factory=lambda: SFTDataSection(synthetic="chat"))
     training: SFTTrainingConfig = dataclasses.field(default_factory=SFTTrainingConfig)
+    evaluation: TrainingEvalConfig = dataclasses.field(default_factory=TrainingEvalConfig)
 
     def __post_init__(self):
         budget = self.training.max_tokens_per_micro_batch

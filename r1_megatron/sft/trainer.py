@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 
 from r1_megatron.data.sft_dataset import SFTSplits, load_sft_datasets
-from r1_megatron.data.synthetic_chat import build_chat_tokenizer, chat_records
+from r1_megatron.data.answer_format import AnswerFormat
+from r1_megatron.data.prompt_dataset import PromptDataConfig, PromptDataset
+from r1_megatron.data.synthetic_chat import build_chat_tokenizer, chat_questions, chat_records
+from r1_megatron.data.templates import PromptTemplate
+from r1_megatron.evaluation.scorers import ScorerName, get_scorer
+from r1_megatron.evaluation.training_eval import TrainingEvaluation, held_out_questions
+from r1_megatron.rollout import Engine
 from r1_megatron.tokenizer import load_tokenizer
 from r1_megatron.training.run import Run
 from r1_megatron.training.step_stats import StepStats
@@ -23,6 +29,8 @@ from r1_megatron.training.step_stats import StepStats
 from .config import SFTRunConfig
 from .step import SFTStepResult, sft_loss, sft_step
 
+HELD_OUT_QUESTIONS = 64  # synthetic chats: held-out questions for the periodic evaluation
+HELD_OUT_SEED_OFFSET = 1_000_003  # drawn from another stream than the training chats
 PROGRESS_KEYS = {"loss": "loss", "val": "val/loss", "lr": "lr", "tok/s": "throughput/tokens_per_s"}
 
 
@@ -39,8 +47,12 @@ class SFTTrainer:
         t = cfg.training
         self.total_steps = t.steps or math.ceil(t.epochs * len(self.data) / t.batch_size)
         self.batching = t.batching()
+        self.evaluation = self._training_evaluation() if cfg.evaluation.enabled else None
         self.policy = run.build_policy()
         self._check_vocab()
+        self.engine = Engine(self.policy, max_batch_size=cfg.evaluation.max_batch_size,
+                             max_seq_len=self.evaluation.max_seq_len, eos_token_ids=[self.tokenizer.eos_token_id],
+                             seed=cfg.seed) if self.evaluation is not None else None
         self.optimizer, self.scheduler = run.build_optimizer(total_steps=self.total_steps)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else \
             torch.device("cpu")
@@ -52,6 +64,8 @@ class SFTTrainer:
     def train(self) -> Path:
         run, t = self.run, self.cfg.training
         with run.loop(self.total_steps, keys=tuple(PROGRESS_KEYS), metric_names=PROGRESS_KEYS) as loop:
+            if run.step == 0 and self._evaluation_due():
+                loop.log_before_first_step(self.evaluation.evaluate(0, self.engine))
             while loop.running():
                 started = time.perf_counter()
                 share = self.data.next_batch(t.batch_size)[run.dp_rank::run.dp_size]
@@ -61,6 +75,8 @@ class SFTTrainer:
                 record = self.step_metrics(result, time.perf_counter() - started)
                 if self._validation_due():
                     record["val/loss"] = self.validation_loss()
+                if self._evaluation_due():
+                    record |= self.evaluation.evaluate(run.step, self.engine)
                 loop.end_step(record)
         return run.finish(self.total_steps)
 
@@ -78,6 +94,9 @@ class SFTTrainer:
     def _validation_due(self) -> bool:
         every, step = self.cfg.training.validate_every, self.run.step
         return self.validation is not None and (step == self.total_steps or (every > 0 and step % every == 0))
+
+    def _evaluation_due(self) -> bool:
+        return self.evaluation is not None and self.evaluation.due(self.run.step, self.total_steps)
 
     def validation_loss(self) -> float:
         """Mean cross-entropy per trained token over the whole validation set (every rank takes its share of
@@ -108,6 +127,21 @@ class SFTTrainer:
             return load_sft_datasets(config, self.tokenizer, chat_records(data.num_synthetic, data.seed),
                                      source="synthetic:chat")
         return load_sft_datasets(config, self.tokenizer)
+
+    def _training_evaluation(self) -> TrainingEvaluation:
+        """The periodic evaluation (evaluation.*): held-out questions of the synthetic chats' task (exact answer
+        after the reasoning), or a named benchmark; up to data.max_seq_len new tokens unless set."""
+        cfg = self.cfg
+        held_out = None
+        if cfg.data.synthetic == "chat":
+            records = chat_questions(HELD_OUT_QUESTIONS, cfg.data.seed + HELD_OUT_SEED_OFFSET)
+            config = PromptDataConfig(paths=("synthetic:chat held-out",), template=PromptTemplate.CHAT,
+                                      answer_format=AnswerFormat.RAW, shuffle=False)
+            held_out = held_out_questions(PromptDataset.from_records(records, config, self.tokenizer).samples)
+        return TrainingEvaluation(cfg.evaluation, self.run.run_dir, self.tokenizer,
+                                  rewards=cfg.evaluation.rewards.runner_config(), max_new_tokens=cfg.data.max_seq_len,
+                                  seed=cfg.seed, held_out=held_out, held_out_scorer=get_scorer(ScorerName.EXACT),
+                                  say=self.run.say)
 
     def _check_vocab(self) -> None:
         from r1_megatron.training.step import unwrap

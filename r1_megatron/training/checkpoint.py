@@ -315,7 +315,7 @@ def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLik
     `tokenizer_dir`, by default those of the tokenizer directory the checkpoint records.
 
     Loads at `parallel` (default one process: TP1/PP1/EP1), whatever layout saved it; collective under torchrun."""
-    from r1_megatron.models import ModelConfig, build_model, save_hf
+    from r1_megatron.models import save_hf
     from r1_megatron.runtime import initialize_parallel
 
     path = resolve_checkpoint(checkpoint)
@@ -327,6 +327,16 @@ def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLik
         raise FileNotFoundError(f"{path / _META}: the run's tokenizer directory {tokenizer} no longer exists; pass "
                                 "--tokenizer DIR")
     initialize_parallel(parallel)
+    model = load_checkpoint_model(path)
+    return HFExport(path, info.step, save_hf(model, out, tokenizer_dir=tokenizer), tokenizer)
+
+
+def load_checkpoint_model(path: str | os.PathLike):
+    """This rank's part of the model saved in the checkpoint directory `path`, built from the model config and
+    dtype it records, at the current parallel layout (collective)."""
+    from r1_megatron.models import ModelConfig, build_model
+
+    info = read_checkpoint_info(path)
     model = build_model(ModelConfig.from_dict(info.model_config), dtype=getattr(torch, info.dtype))
     load_checkpoint(path, model)
-    return HFExport(path, info.step, save_hf(model, out, tokenizer_dir=tokenizer), tokenizer)
+    return model

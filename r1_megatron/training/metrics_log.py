@@ -137,6 +137,11 @@ class MetricsLogger:
             raise ValueError(f"resume_step must be >= 0, got {resume_step}")
         return _truncate_after(self.path, resume_step) if exists else None
 
+    @property
+    def last_step(self) -> int | None:
+        """The last step in the file (None: none yet)."""
+        return self._last_step
+
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Append `{"step": step, **metrics}` and flush; steps must strictly increase (one line per step)."""
         if not self.enabled:

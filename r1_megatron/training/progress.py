@@ -35,7 +35,7 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _make_bar(total: int, initial: int, stream: TextIO):
+def _make_bar(total: int, initial: int, stream: TextIO, unit: str):
     """A tqdm bar when tqdm is importable and `stream` is a terminal, else None (plain lines)."""
     if not stream.isatty():
         return None
@@ -43,7 +43,7 @@ def _make_bar(total: int, initial: int, stream: TextIO):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, initial=initial, file=stream, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, file=stream, unit=unit, dynamic_ncols=True)
 
 
 class Progress:
@@ -55,7 +55,7 @@ class Progress:
 
     def __init__(self, total_steps: int, initial_step: int = 0, enabled: bool = True,
                  keys: Sequence[str] = DEFAULT_KEYS, metric_names: Mapping[str, str] = DEFAULT_METRIC_NAMES, *,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic, unit: str = "step"):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= initial_step <= total_steps:
@@ -66,13 +66,13 @@ class Progress:
         self.enabled = enabled
         self.total_steps, self.initial_step = total_steps, initial_step
         self.keys, self.metric_names = tuple(keys), dict(metric_names)
-        self._clock = clock
+        self._clock, self.unit = clock, unit  # unit: what is counted ("step"; evaluation: "question")
         self._start = clock()
         self._stream = stream if stream is not None else sys.stderr
         self._every = max(1, math.ceil((total_steps - initial_step) / MAX_PLAIN_LINES))
         self._next_line_at = initial_step + 1  # the first step always prints
         self._pending: str | None = None  # last plain line not printed yet
-        self._bar = _make_bar(total_steps, initial_step, self._stream) if enabled else None
+        self._bar = _make_bar(total_steps, initial_step, self._stream, unit) if enabled else None
 
     def summary(self, metrics: Mapping[str, Any]) -> str:
         """`reward=0.25 acc=0.5 ...` for the keys present in `metrics`."""
@@ -96,8 +96,8 @@ class Progress:
         done = step - self.initial_step
         sec_per_step = (self._clock() - self._start) / done if done > 0 else math.nan
         eta = sec_per_step * (self.total_steps - step)
-        head = (f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) | "
-                f"{sec_per_step:.2f} s/step | ETA {_format_duration(eta)}")
+        head = (f"{self.unit} {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) | "
+                f"{sec_per_step:.2f} s/{self.unit} | ETA {_format_duration(eta)}")
         summary = self.summary(metrics)
         return f"{head} | {summary}" if summary else head
 

@@ -180,6 +180,12 @@ class Loop:
     def running(self) -> bool:
         return not self.stopped and self.run.step < self.total_steps
 
+    def log_before_first_step(self, record: dict[str, float]) -> None:
+        """Log metrics of the state before the first step (an evaluation of the initial policy) as step 0, unless
+        a resumed run logged them already."""
+        if self.metrics.last_step is None:
+            self.metrics.log(0, record)
+
     def end_step(self, record: dict[str, float], samples: list[dict] | None = None) -> None:
         """Log step `run.step` (metrics.jsonl, TensorBoard, progress), run the checks, then checkpoint when due,
         at the end, or when any rank got SIGTERM (agreed by one collective, so all ranks stop after this step)."""

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r1_megatron.data import (DataError, PromptDataConfig, PromptDataset, PromptTemplate, build_arithmetic_tokenizer,
-                              render_r1_zero)
+                              read_records, render_r1_zero)
 from r1_megatron.tokenizer import load_tokenizer
 
 # Copied by hand from the DeepSeek-R1 paper (v1) / docs r1_reference.md, "prompt" replaced by the question.
@@ -48,6 +48,26 @@ def test_parquet_with_tests_field(tmp_path):
                                         template=PromptTemplate.RAW, shuffle=False))
     assert [s.prompt for s in ds.samples] == ["add", "f"]
     assert ds.samples[1].tests == tests[1] and ds.samples[1].source == f"{path}:2"
+
+
+def test_csv_rows_with_the_file_line_they_start_on(tmp_path):
+    # a quoted cell spans lines 2-3, a blank line is skipped; values are strings, an empty cell is ""
+    path = tmp_path / "p.csv"
+    path.write_text('question,answer,note\n"two\nlines",1,\n\nplain,"2,5",x\n', encoding="utf-8")
+    assert list(read_records(str(path))) == [(2, {"question": "two\nlines", "answer": "1", "note": ""}),
+                                             (5, {"question": "plain", "answer": "2,5", "note": "x"})]
+    ds = PromptDataset(PromptDataConfig(paths=(str(path),), template=PromptTemplate.RAW, shuffle=False))
+    assert [(s.question, s.answer, s.source) for s in ds.samples] == [("two\nlines", "1", f"{path}:2"),
+                                                                      ("plain", "2,5", f"{path}:5")]
+    path.write_text('question,answer\n"a\nb",1\nc,2,extra\n')
+    with pytest.raises(DataError, match=r"p.csv:4: 3 cells where the header has 2$"):
+        PromptDataset(PromptDataConfig(paths=(str(path),)))
+    path.write_text("question,question\na,b\n")
+    with pytest.raises(DataError, match=r"p.csv:1: duplicate column names \['question'\]"):
+        PromptDataset(PromptDataConfig(paths=(str(path),)))
+    path.write_bytes(b"question,answer\nok,1\n\xff,2\n")
+    with pytest.raises(DataError, match=r"p.csv:3: not valid UTF-8"):
+        PromptDataset(PromptDataConfig(paths=(str(path),)))
 
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
@@ -137,5 +157,5 @@ def test_config_validation(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         PromptDataset(PromptDataConfig(paths=(str(tmp_path / "missing.jsonl"),)))
     with pytest.raises(ValueError, match="unknown prompt data format"):
-        (tmp_path / "x.csv").write_text("a,b\n")
-        PromptDataset(PromptDataConfig(paths=(str(tmp_path / "x.csv"),)))
+        (tmp_path / "x.tsv").write_text("a\tb\n")
+        PromptDataset(PromptDataConfig(paths=(str(tmp_path / "x.tsv"),)))

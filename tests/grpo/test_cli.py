@@ -1,6 +1,7 @@
 """`r1-megatron train grpo` from the command line: one-line errors, and kill -9 + resume gives the weights of an
 uninterrupted run, bit for bit."""
 import os
+import json
 import signal
 import subprocess
 import sys
@@ -104,5 +105,6 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     stopped = int(latest.removeprefix("step_"))
     assert 2 <= stopped < 1000
     assert f"SIGTERM: checkpointed step {stopped}" in out
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == stopped  # every finished step was logged, none after the checkpoint
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # every finished step was logged, none after the checkpoint (step 0: the demo's evaluation before training)
+    assert steps == list(range(0, stopped + 1))

@@ -63,7 +63,9 @@ def test_every_layout_trains_quietly_and_exports_hf(runs, name):
     assert stdout.count("answer_format=auto read the reference answer of 16 records as GSM8K") == 1, stdout
     assert "warning:" not in stdout
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [1, 2] and all(m["reward/errors"] == 0 for m in lines)
+    # step 0: the recipe's evaluation (the shipped AIME sample) before training; again after the last step
+    assert [m["step"] for m in lines] == [0, 1, 2] and all(m["reward/errors"] == 0 for m in lines[1:])
+    assert [("eval/pass@1" in m, "eval/cons@16" in m) for m in lines] == [(True, True), (False, False), (True, True)]
     assert {p.name for p in (run_dir / "hf").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
                                                              "tokenizer_config.json", "chat_template.jinja",
                                                              "generation_config.json"}

@@ -251,3 +251,37 @@ def test_packed_training_passes_match_padded_rows_with_reference_and_recompute(i
     assert packed["reward/total_mean"] == padded["reward/total_mean"]  # same rollout
     for key in ("loss/total", "grad_norm", "loss/kl", "loss/entropy", "mismatch/mean"):
         assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_run_evaluates_the_held_out_problems_before_every_n_steps_and_at_the_end(first_run, initial_model,
+                                                                                       tmp_path):
+    """evaluation.every_steps=2 over 3 steps: held-out pass@1, pass@4 and cons@4 at steps 0 (before training), 2
+    and 3 (the last), in metrics.jsonl and the plots; each evaluation's samples in RUN_DIR/eval/step_N.jsonl
+    agree with the logged numbers (correctness re-derived from the texts); a resumed run logs each step once;
+    the training itself is the run's without evaluation."""
+    from r1_megatron.data.synthetic import arithmetic_reward
+    from r1_megatron.evaluation.config import TrainingEvalConfig, TrainingEvalSampling
+    from r1_megatron.evaluation.sample_store import read_samples
+
+    def cfg(steps):
+        c = tiny_run(tmp_path / "run", initial_model, steps=steps)
+        c.evaluation = TrainingEvalConfig(every_steps=2, limit=8, sampling=TrainingEvalSampling(k=4))
+        c.evaluation.rewards.num_workers = 1
+        return c
+
+    GRPOTrainer(cfg(2)).train()
+    GRPOTrainer(cfg(3), resume=True).train()  # resumes after step 2: step 0's evaluation is not logged again
+    lines = metrics(tmp_path / "run")
+    assert [m["step"] for m in lines] == [0, 1, 2, 3]
+    assert set(lines[0]) == {"step"} | {k for k in lines[2] if k.startswith("eval/")}
+    assert [("eval/pass@1" in m, "eval/cons@4" in m, "eval/pass@4" in m) for m in lines] == \
+        [(True,) * 3, (False,) * 3, (True,) * 3, (True,) * 3]
+    for m in (lines[0], lines[2], lines[3]):
+        _, records = read_samples(tmp_path / "run" / "eval" / f"step_{m['step']:08d}.jsonl")
+        assert len(records) == 8 * 4
+        correct = [arithmetic_reward(r["text"], r["reference"]["answer"], stopped=r["finish_reason"] == "stop")
+                   for r in records]
+        assert m["eval/pass@1"] == pytest.approx(sum(correct) / len(correct))
+        assert 0 <= m["eval/cons@4"] <= m["eval/pass@4"] <= 1
+    assert (tmp_path / "run" / "plots" / "eval.png").is_file()
+    assert [{k: v for k, v in m.items() if not k.startswith("eval/")} for m in lines[1:]] == metrics(first_run)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from r1_megatron.rewards import SandboxConfig, code_tests, last_code_block, parse_test_cases, run_python
-from r1_megatron.rewards.code_reward import AssertTest, StdioTest
+from r1_megatron.rewards.code_reward import AssertTest, FunctionalTest, StdioTest
 from r1_megatron.rewards.sandbox import available_layers, sandbox_uid
 
 ADD = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4", "output": "6"}]
@@ -82,6 +82,31 @@ def test_test_case_formats_and_errors():
         parse_test_cases([{"input": "1", "output": "1"}, 7])
     with pytest.raises(ValueError, match="scoring"):
         code_tests(fenced("pass"), ADD, scoring="most")
+
+
+def test_livecodebench_test_cases():
+    """LiveCodeBench's public_test_cases: a JSON string of {"input", "output", "testtype"}; "stdin" cases are stdio
+    tests, "functional" ones call func_name (carried into each case from the problem's metadata)."""
+    stdin = '[{"input": "1 2\\n", "output": "3\\n", "testtype": "stdin"}]'
+    assert parse_test_cases(stdin) == [StdioTest("1 2\n", "3\n")]
+    functional = [{"input": "[1,2]\n3", "output": "[4, 5]", "testtype": "functional", "func_name": "addAll"}]
+    assert parse_test_cases(functional) == [FunctionalTest("[1,2]\n3", "[4, 5]", "addAll")]
+    with pytest.raises(ValueError, match="item 0 is a functional .* without a valid 'func_name'"):
+        parse_test_cases([{"input": "[1]", "output": "1", "testtype": "functional"}])
+    with pytest.raises(ValueError, match="testtype 'interactive'"):
+        parse_test_cases([{"input": "1", "output": "1", "testtype": "interactive"}])
+
+
+def test_functional_tests_call_the_solution_method():
+    # LeetCode style: List from typing is in scope without an import; a tuple result compares as a list
+    method = "class Solution:\n    def addAll(self, nums: List[int], k: int) -> List[int]:\n        return {}"
+    tests = [{"input": "[1,2]\n3", "output": "[4, 5]", "testtype": "functional", "func_name": "addAll"},
+             {"input": "[]\n1", "output": "[]", "testtype": "functional", "func_name": "addAll"}]
+    assert code_tests(fenced(method.format("[x + k for x in nums]")), tests) == 1.0
+    assert code_tests(fenced(method.format("tuple(x + k for x in nums)")), tests) == 1.0
+    assert code_tests(fenced(method.format("[x + k + 1 for x in nums]")), tests) == 0.5  # [] still matches
+    assert code_tests(fenced("def addAll(nums, k):\n    return [x + k for x in nums]"), tests) == 1.0
+    assert code_tests(fenced("class Solution:\n    pass"), tests) == 0.0  # no such method
 
 
 def test_layers_as_root():

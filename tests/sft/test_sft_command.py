@@ -159,7 +159,8 @@ def test_the_built_in_sft_demo_runs_end_to_end(tmp_path):
                  "logging.progress=false")
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 7))
-    assert "val/loss" in records[2] and "val/loss" in records[5] and "val/loss" not in records[3]
+    assert [r["step"] for r in records] == list(range(0, 7))  # step 0: the demo's evaluation before training
+    assert "val/loss" in records[3] and "val/loss" in records[6] and "val/loss" not in records[4]
+    assert [r["step"] for r in records if "eval/pass@1" in r] == [0, 6]  # and after the last step
     assert (run / "hf" / "model.safetensors").is_file() and (run / "plots" / "summary.png").is_file()
     assert (run / "hf" / "tokenizer.json").is_file()

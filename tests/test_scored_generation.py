@@ -1,11 +1,11 @@
-"""What the trainer gives the rewards: a chat model's completion without the <|im_end|> that ended it, so the R1
+"""What generate_and_score gives the rewards (GRPO rollouts and evaluation alike): a chat model's completion without the <|im_end|> that ended it, so the R1
 format reward can pay a well-formed answer (it used to see the EOS after </answer> and score every completion 0)."""
 import pytest
 
 from r1_megatron.data.prompt_dataset import PromptSample
-from r1_megatron.grpo.trainer import reward_inputs
 from r1_megatron.rewards.registry import get_reward
 from r1_megatron.rollout import Completion, FinishReason
+from r1_megatron.scored_generation import reward_inputs
 from r1_megatron.tokenizer import load_tokenizer
 from tests.models.hf_fixtures import chat_tokenizer
 
@@ -24,7 +24,7 @@ def test_a_stopped_chat_completion_is_scored_without_its_eos(tokenizer):
     prompt = PromptSample("What is 3 + 4?", "7", None, "prompt", (1, 2), "data.jsonl:1")
     completions = [Completion(0, ids + [tokenizer.eos_token_id], [0.0] * (len(ids) + 1), FinishReason.STOP),
                    Completion(0, ids[:5], [0.0] * 5, FinishReason.LENGTH)]
-    texts, samples = reward_inputs(tokenizer, [prompt], completions)
+    texts, samples = reward_inputs(tokenizer, completions, [prompt.reward_sample()])
     assert texts == [ANSWER, tokenizer.decode(ids[:5])]  # a cut-off completion keeps every token it has
     assert samples == [{"answer": "7", "tests": None, "finish_reason": "stop"},
                        {"answer": "7", "tests": None, "finish_reason": "length"}]
