@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -77,29 +78,31 @@ def evaluate(cfg: EvalRunConfig) -> int:
         specs = [dataclasses.replace(s, limit=cfg.benchmarks.limit) for s in specs]
     model = eval_model(cfg)
     runs = [BenchmarkRun.build(s, load_questions(s, model.tokenizer), cfg.sampling) for s in specs]
+    header = eval_header(cfg, model.model_id, runs)
+    # rank 0 (RANK under torchrun) keeps the samples; opened before the model loads, so that a rerun with other
+    # settings is refused at once
+    store = SampleStore(Path(cfg.out) / SAMPLES_FILE, header, {r.name: r.k for r in runs}) \
+        if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        _evaluate(cfg, model, runs)
+        _evaluate(cfg, model, runs, header, store)
     finally:  # every exit path: ranks must not wait on a peer that has left
+        if store is not None:
+            store.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
 
 
-def _evaluate(cfg: EvalRunConfig, model, runs) -> None:
-    import torch.distributed as dist
-
+def _evaluate(cfg: EvalRunConfig, model, runs, header: dict, store: SampleStore | None) -> None:
     from r1_megatron.rollout import Engine
 
     from .evaluator import Evaluator
 
-    header = eval_header(cfg, model.model_id, runs)
     longest = max((len(q.prompt_ids) for r in runs for q in r.questions), default=1)
     max_seq_len = longest + cfg.sampling.max_new_tokens + 1
     engine = Engine(model.build(cfg), max_batch_size=cfg.engine.max_batch_size, max_seq_len=max_seq_len,
                     eos_token_ids=[model.tokenizer.eos_token_id], seed=cfg.seed,
                     cache=cfg.engine.cache_for(max_seq_len), graphs=cfg.engine.graphs)
-    out = Path(cfg.out)
-    store = SampleStore(out / SAMPLES_FILE, header, {r.name: r.k for r in runs}) if dist.get_rank() == 0 else None
     evaluator = Evaluator(engine, model.tokenizer, cfg.sampling, cfg.rewards.runner_config(), seed=cfg.seed,
                           questions_per_round=cfg.engine.questions_per_round, progress=cfg.progress)
     before = len(store.records) if store else 0
@@ -107,13 +110,12 @@ def _evaluate(cfg: EvalRunConfig, model, runs) -> None:
     evaluator.run(runs, store)
     wall = time.perf_counter() - started
     if store is not None:
-        store.close()
         new = store.records[before:]
         throughput = {"wall_s": wall, **evaluator.timing, "questions": sum(1 for r in new if r["sample"] == 0),
                       "generated_tokens": sum(len(r["token_ids"]) for r in new)}
         throughput |= {"questions_per_s": throughput["questions"] / max(wall, 1e-9),
                        "generated_tokens_per_s": throughput["generated_tokens"] / max(wall, 1e-9)}
-        finish(out, header, store.records, throughput=throughput)
+        finish(Path(cfg.out), header, store.records, store.path, throughput=throughput)
 
 
 def eval_header(cfg: EvalRunConfig, model_id: dict, runs) -> dict[str, Any]:
@@ -131,14 +133,14 @@ def _prompt_digest(run) -> str:
     return hashlib.sha256(json.dumps([[q.id, list(q.prompt_ids)] for q in run.questions]).encode()).hexdigest()[:16]
 
 
-def finish(out: Path, header: dict, records: list[dict], **extra) -> dict:
+def finish(out: Path, header: dict, records: list[dict], samples: Path, **extra) -> dict:
     """results.json (every number, the settings) and the markdown table on stdout."""
     results = all_results(header["benchmarks"], records)
     document = {"results": results, "settings": header["settings"], "benchmarks": header["benchmarks"], **extra}
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(out / RESULTS_FILE, json.dumps(document, indent=2) + "\n")
     print("\n" + markdown_table(results))
-    print(f"\nresults: {out / RESULTS_FILE}\nsamples: {out / SAMPLES_FILE}", flush=True)
+    print(f"\nresults: {out / RESULTS_FILE}\nsamples: {samples}", flush=True)
     return document
 
 
@@ -157,6 +159,15 @@ def rescore(path: str, out: Path, cfg: EvalRunConfig) -> int:
     check_records(records, path, header=header is not None)
     benchmarks = header["benchmarks"] if header else inferred_benchmarks(records)
     records = rescore_records(records, benchmarks, cfg.rewards.runner_config(), source=path)
-    finish(out, {"settings": (header or {}).get("settings", {}), "benchmarks": benchmarks}, records,
-           rescored_from=str(path))
+    finish(out, {"settings": (header or {}).get("settings", {}), "benchmarks": benchmarks}, records, Path(path),
+           rescored_from=str(path), **_earlier_throughput(out))
     return 0
+
+
+def _earlier_throughput(out: Path) -> dict:
+    """The throughput of the evaluation whose results.json the re-scoring replaces (only it measured one)."""
+    try:
+        earlier = json.loads((out / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"throughput": earlier["throughput"]} if isinstance(earlier, dict) and "throughput" in earlier else {}

@@ -52,6 +52,14 @@ def test_the_same_numbers_from_the_saved_samples_with_no_model(finished, tmp_pat
     out, _ = finished
     assert main(["eval", "--samples", str(out / "samples.jsonl"), "--out", str(tmp_path), "rewards.num_workers=1"]) == 0
     assert results_of(tmp_path) == results_of(out)
+    copy = tmp_path / "copy"  # re-scored in place: results.json replaced, the evaluation's throughput kept
+    copy.mkdir()
+    for name in ("samples.jsonl", "results.json"):
+        (copy / name).write_text((out / name).read_text())
+    assert main(["eval", "--samples", str(copy / "samples.jsonl"), "rewards.num_workers=1"]) == 0
+    before, after = (json.loads((d / "results.json").read_text()) for d in (out, copy))
+    assert after["results"] == before["results"] and after["throughput"] == before["throughput"]
+    assert after["rescored_from"] == str(copy / "samples.jsonl")
 
 
 def test_kill_9_in_the_middle_then_a_rerun_gives_the_uninterrupted_results(model, bench, finished, tmp_path):
