@@ -93,18 +93,20 @@ def copy_bandwidth(device: str, nbytes: int, repeats: int = 10) -> float:
     return 2 * src.numel() * 4 / (ms / 1e3)
 
 
-def environment(device: str) -> dict:
-    def version(pkg: str) -> str | None:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
+def package_version(pkg: str) -> str | None:
+    """The installed version of `pkg`, None when it is not installed."""
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
+
+def environment(device: str) -> dict:
     return {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": version("triton"),
-        "liger_kernel": version("liger-kernel"), "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": package_version("triton"),
+        "liger_kernel": package_version("liger-kernel"), "python": platform.python_version(),
     }
 
 

@@ -67,7 +67,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import command_line, set_threads, slug  # noqa: E402
+from bench_common import command_line, package_version, set_threads, slug  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -388,17 +388,11 @@ def goal_verdict(ratios: dict | None, device: str) -> dict:
 def environment(device: str) -> dict:
     import torch
 
-    def version(pkg: str) -> str | None:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or
             platform.machine(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
             "python": platform.python_version(), "r1_megatron": head.stdout.strip() or None,
-            **{pkg: version(pkg) for pkg in ("torch", "transformers", "lm_eval", "datasets", "megatron-core")}}
+            **{pkg: package_version(pkg) for pkg in ("torch", "transformers", "lm_eval", "datasets", "megatron-core")}}
 
 
 def run(s: Settings, argv: list[str] | None, timeout: float, extra: list[str]) -> dict:
