@@ -180,12 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse, with KEY=VALUE overrides allowed between the flags too (`eval a=1 --model M b=2`): argparse
+    gives a positional list only its first run of words; later KEY=VALUE words join it, in order. Anything else
+    it does not know gets argparse's own error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(w.startswith("-") or "=" not in w for w in extra):
+            parser.parse_args(argv)  # exits with the usage and what was not recognised
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     warning_filters.install()  # before any command imports megatron-core, which warns at import time
     from r1_megatron.grpo.reward_health import RewardFailure  # light: no torch
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0

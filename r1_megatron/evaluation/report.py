@@ -9,9 +9,10 @@ import collections
 from typing import Any, Mapping, Sequence
 
 from .metrics import QuestionSamples, benchmark_metrics
-from .scorers import get_scorer
+from .scorers import BoundedEqual, get_scorer
 
 FAILURE_KINDS = {"timeout": "timeouts", "crash": "crashes", "error": "errors"}
+VOTE_BUDGET_S = 5.0  # seconds of answer comparisons per question for the votes (scorers.BoundedEqual)
 
 
 def questions_of(records: Sequence[Mapping[str, Any]]) -> list[QuestionSamples]:
@@ -31,7 +32,8 @@ def benchmark_results(settings: Mapping[str, Any], records: Sequence[Mapping[str
     samples. pass@1 = mean over questions of the mean correctness of their samples (R1's pass@1); pass@K by the
     unbiased estimator; cons@K by majority vote over the first K samples (metrics.py); response lengths in
     generated tokens; truncated: stopped at the length limit; failures: samples whose scoring timed out,
-    crashed or raised (each scored wrong)."""
+    crashed or raised (each scored wrong); vote_fallbacks: answer comparisons of the votes made as plain strings
+    because the benchmark's comparisons ran past VOTE_BUDGET_S per question (0 unless answers are adversarial)."""
     scorer = get_scorer(settings["scorer"])
     questions = questions_of(records)
     out: dict[str, Any] = {"questions": len(questions), "samples": len(records),
@@ -39,8 +41,10 @@ def benchmark_results(settings: Mapping[str, Any], records: Sequence[Mapping[str
     if not questions:
         return out
     cons_k = settings.get("cons_k") if scorer.equal is not None else None
-    out.update(benchmark_metrics(questions, pass_ks=settings.get("pass_ks") or (1,), cons_k=cons_k,
-                                 equal=scorer.equal))
+    equal = BoundedEqual(scorer.equal, VOTE_BUDGET_S * len(questions)) if cons_k else None
+    out.update(benchmark_metrics(questions, pass_ks=settings.get("pass_ks") or (1,), cons_k=cons_k, equal=equal))
+    if equal is not None:
+        out["vote_fallbacks"] = equal.fallbacks  # comparisons made as strings once the vote's time ran out
     lengths = [len(r["token_ids"]) for r in records]
     out["response_length/mean"] = sum(lengths) / len(lengths)
     out["response_length/max"] = max(lengths)

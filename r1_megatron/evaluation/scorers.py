@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import operator
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -96,6 +97,31 @@ _SCORERS = {s.name: s for s in (
     Scorer(ScorerName.EXACT, "exact_answer", _exact_answer, operator.eq),
     Scorer(ScorerName.ARITHMETIC, "arithmetic_exact", _arithmetic_answer, operator.eq),
 )}
+
+
+class BoundedEqual:
+    """An answer equality with a total time budget, for the votes of one benchmark: ``equal`` runs until its calls
+    have taken ``budget_s`` seconds in all, then answers are compared as strings and each such comparison is
+    counted in ``fallbacks``.
+
+    The votes run in this process, not in the reward workers, and model output can make math-verify slow (each
+    call stops at MATH_EQUAL_TIMEOUT_S, but 64 distinct answers are up to 2,016 pairs). Normal comparisons take
+    milliseconds, so a budget of seconds per question is never reached by real answers; a benchmark whose
+    fallbacks are not 0 says so in its results."""
+
+    def __init__(self, equal: Callable[[str, str], bool], budget_s: float, clock: Callable[[], float] = time.monotonic):
+        self.equal, self.budget_s, self.clock = equal, budget_s, clock
+        self.spent, self.fallbacks = 0.0, 0
+
+    def __call__(self, a: str, b: str) -> bool:
+        if self.spent >= self.budget_s:
+            self.fallbacks += 1
+            return a == b
+        started = self.clock()
+        try:
+            return self.equal(a, b)
+        finally:
+            self.spent += self.clock() - started
 
 
 def get_scorer(name: str | ScorerName) -> Scorer:

@@ -158,3 +158,12 @@ def test_a_training_checkpoint_evaluates_as_its_hf_export(bench, tmp_path):
     assert samples_of(from_ckpt) == samples_of(from_hf) and results_of(from_ckpt) == results_of(from_hf)
     settings = json.loads((from_ckpt / "results.json").read_text())["settings"]["model"]
     assert settings["step"] == 2 and settings["checkpoint"].endswith("step_00000002")
+
+
+def test_overrides_may_come_between_the_flags(capsys):
+    assert main(["eval", "benchmarks.limit=1", "--model", "/m", "sampling.k=2", "--print-config", "seed=5"]) == 0
+    text = capsys.readouterr().out
+    assert "limit: 1" in text and "k: 2" in text and "seed: 5" in text and "path: /m" in text
+    with pytest.raises(SystemExit):  # an unknown flag is still argparse's error
+        main(["eval", "--modle", "/m", "sampling.k=2"])
+    assert "unrecognized arguments: --modle" in capsys.readouterr().err

@@ -108,3 +108,22 @@ def test_math_equality_collapses_forms_into_a_winning_class():
     assert (by_string.answer, by_string.votes, by_string.classes, by_string.correct) == ("1/3", 2, 4, False)
     by_math = majority_vote(answers, correct, get_scorer("math").equal)
     assert (by_math.answer, by_math.votes, by_math.classes, by_math.correct) == ("0.5", 3, 2, True)
+
+
+def test_the_votes_answer_comparisons_are_bounded_in_total_time():
+    """BoundedEqual runs the real equality until the calls have taken the budget (a fake clock: 1 s per call),
+    then compares strings and counts each such comparison; a vote therefore ends whatever the answers cost."""
+    from r1_megatron.evaluation.metrics import majority_vote
+    from r1_megatron.evaluation.scorers import BoundedEqual
+
+    ticks = iter(range(1000))
+    calls = []
+
+    def slow_equal(a, b):
+        calls.append((a, b))
+        return True  # everything "equal": only the real equality would merge "x" and "y"
+
+    equal = BoundedEqual(slow_equal, budget_s=2.0, clock=lambda: float(next(ticks)))
+    vote = majority_vote(["a", "b", "c", "d", "d"], [True, False, False, False, False], equal)
+    assert len(calls) == 2 and equal.fallbacks > 0  # "b" and "c" merged into "a"; then strings: "d" != "a"
+    assert vote.answer == "a" and vote.votes == 3 and vote.correct
