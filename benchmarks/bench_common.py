@@ -150,11 +150,17 @@ def run_benchmark(name: str, cases: list[Case], providers: dict[str, Callable], 
     payload = {"benchmark": name, "env": environment(args.device), "copy_bandwidth_GBps": bandwidth / 1e9,
                "results": rows, "skipped": skipped}
     print_table(payload)
-    out = args.out or RESULTS_DIR / f"{name}-{slug(payload['env']['device'])}.json"
+    write_payload(payload, args.out or RESULTS_DIR / f"{name}-{slug(payload['env']['device'])}.json")
+    return payload
+
+
+def write_payload(payload: dict, out: Path) -> Path:
+    """Write a benchmark's JSON to `out` (its folder made if needed) and say where; returns `out`."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
-    return payload
+    return out
 
 
 def slug(text: str) -> str:

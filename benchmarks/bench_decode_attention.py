@@ -16,7 +16,6 @@ the time as a percentage of their copy-bandwidth floor, as in the other kernel b
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (RESULTS_DIR, Case, common_parser, copy_bandwidth, environment, peak_extra_bytes,  # noqa: E402
-                          print_table, select_providers, slug, time_ms, triton_runs_on)
+                          print_table, select_providers, slug, time_ms, triton_runs_on, write_payload)
 
 from r1_megatron.kernels import decode_attention, reference  # noqa: E402
 
@@ -116,10 +115,7 @@ def run(cases: list[Case], chosen: dict, skipped: dict, args, repeats: int) -> d
     payload = {"benchmark": "decode_attention", "env": environment(args.device),
                "copy_bandwidth_GBps": bandwidth / 1e9, "results": rows, "skipped": skipped}
     print_table(payload)
-    out = args.out or RESULTS_DIR / f"decode_attention-{slug(payload['env']['device'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_payload(payload, args.out or RESULTS_DIR / f"decode_attention-{slug(payload['env']['device'])}.json")
     return payload
 
 

@@ -67,7 +67,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import command_line, package_version, set_threads, slug  # noqa: E402
+from bench_common import command_line, package_version, set_threads, slug, write_payload  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -498,10 +498,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             raise SystemExit("bench_eval: --device cuda: CUDA is not available here (use --device cpu)")
     payload = run(s, argv, args.timeout, args.ours_override)
     print_table(payload)
-    out = args.out or RESULTS_DIR / f"eval_{s.device if s.device == 'cpu' else slug(payload['env']['device'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_payload(payload, args.out or RESULTS_DIR / f"eval_{s.device if s.device == 'cpu' else slug(payload['env']['device'])}.json")
     return payload
 
 

@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import command_line, set_threads  # noqa: E402
+from bench_common import command_line, set_threads, write_payload  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -534,10 +534,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     sizes = args.sizes or (["tiny"] if args.smoke else list(SIZES))
     payload = run(s, sizes, argv, args.timeout)
     print_table(payload)
-    out = args.out or RESULTS_DIR / f"grpo_step_{s.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_payload(payload, args.out or RESULTS_DIR / f"grpo_step_{s.device}.json")
     return payload
 
 

@@ -76,7 +76,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import set_threads  # noqa: E402
+from bench_common import set_threads, write_payload  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -921,10 +921,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     payload = run(args, argv)
     print_table(payload)
-    out = args.out or RESULTS_DIR / f"sft_{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = write_payload(payload, args.out or RESULTS_DIR / f"sft_{args.device}.json")
     if not args.no_plot:
         picture = args.plot or out.with_suffix(".png")
         plot(payload, picture)

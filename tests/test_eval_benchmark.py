@@ -1,27 +1,19 @@
 """benchmarks/bench_eval.py: the inputs both sides share (tokenizer, questions, our benchmark YAML, the lm-eval task)
 are what the method says (our tokenizer loader and transformers' give the same prompt ids, EOS is outside the
-model); the token count and same-work checks can fail; and the smoke comparison runs end to end when lm-eval is
-installed (`pip install -e ".[bench]"`), our side reported as unavailable, with the reason, until
-`r1-megatron eval` exists."""
+model); the token count and same-work checks can fail; and the smoke comparison of both sides runs end to end
+when lm-eval is installed (`pip install -e ".[bench]"`)."""
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH_DIR))  # as the script does for itself when run
-    spec = importlib.util.spec_from_file_location("bench_eval", BENCH_DIR / "bench_eval.py")
-    module = sys.modules["bench_eval"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_eval")
 
 
 @pytest.fixture(scope="module")

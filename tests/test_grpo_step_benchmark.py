@@ -2,23 +2,16 @@
 reports exactly-N-token completions with the trainer's timings (always, no TRL needed); the whole smoke comparison
 runs when TRL is installed (`pip install -e ".[bench]"`); the same-work check and the summaries can fail."""
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH_DIR))  # as the script does for itself when run
-    spec = importlib.util.spec_from_file_location("bench_grpo_step", BENCH_DIR / "bench_grpo_step.py")
-    module = sys.modules["bench_grpo_step"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_grpo_step")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +52,8 @@ def test_ours_worker_generates_exactly_n_tokens_and_reports_its_timings(bench, s
     bench.write_prompts(prompts, smoke)
     spec = {"settings": dataclasses.asdict(smoke), "hf_dir": str(hf_dir), "prompts": str(prompts),
             "tmp": str(tmp_path), "recipe": bench.ours_recipe(smoke, str(hf_dir), str(prompts), str(tmp_path / "run"))}
+
+
     result = bench.run_worker_process("ours", spec, tmp_path, timeout=300)
     assert "error" not in result, result
     assert len(result["per_step"]) == smoke.warmup + smoke.steps

@@ -2,7 +2,6 @@
 composition and vocab slicing, the csrc/ arithmetic compiled for the host and, on a GPU build, the CUDA kernel.
 """
 import ctypes
-import importlib.util
 import json
 import math
 import pathlib
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from r1_megatron import sampling_noise as sn
+from tests.bench_scripts import load_bench
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,6 +56,8 @@ def test_philox_known_answers(rounds, counter, key, expected):
 def test_philox_is_vectorised_over_broadcast_counters():
     ctr = (_i64([0, 0xFFFFFFFF, 0x243F6A88]), _i64([0, 0xFFFFFFFF, 0x85A308D3]),
            _i64([0, 0xFFFFFFFF, 0x13198A2E]), _i64([0, 0xFFFFFFFF, 0x03707344]))
+
+
     key = (_i64([0, 0xFFFFFFFF, 0xA4093822]), _i64([0, 0xFFFFFFFF, 0x299F31D0]))
     words = torch.stack(sn.philox4x32(ctr, key), dim=1)
     assert words.tolist() == [kat[3] for kat in PHILOX_KAT[:3]]
@@ -350,9 +352,7 @@ def test_cuda_kernel_is_the_auto_choice_and_nan_wins():
 # ------------------------------------------------------------------------------------------------ benchmark
 
 def test_benchmark_main_runs_on_tiny_cpu_shapes(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_sampling", REPO / "benchmarks" / "bench_sampling.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_sampling")
     out = tmp_path / "bench.json"
     report = bench.main(["--device", "cpu", "--batch-sizes", "2", "3", "--vocab", "65", "--iters", "2",
                          "--warmup", "1", "--out", str(out)])

@@ -2,25 +2,19 @@
 configuration, every configuration in its own subprocess) and writes a complete JSON whose first-step losses agree
 across r1_megatron's SFT step and the peers (transformers' Trainer / TRL's SFTTrainer where installed, else a plain
 PyTorch loop) on the same examples; and the checks it makes can fail."""
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sft.py"
+from tests.bench_scripts import load_bench
+
 SUMMARY = ("tokens_per_s", "tokens_per_s_total", "tokens_per_s_best_step", "computed_tokens_per_s", "median_step_s",
            "real_tokens_timed", "computed_tokens_timed", "computed_efficiency", "first_step_loss")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_sft", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_sft")
 
 
 @pytest.fixture(scope="module")

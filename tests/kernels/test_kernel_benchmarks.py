@@ -1,20 +1,15 @@
 """Every kernel benchmark runs end to end in CPU mode on tiny shapes and writes a complete JSON (so the scripts
 cannot rot). torch.compile is left out here only because compiling costs ~15 s of CI per script."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.bench_scripts import load_bench
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name)
 
 
 @pytest.mark.parametrize("name,modes", [
@@ -61,6 +56,8 @@ def test_launch_sweep_rows_use_the_forced_configuration(tmp_path, monkeypatch):
     out = tmp_path / "sweep.json"
     _load("bench_grpo_loss").main(["--device", "cpu", "--tiny", "--providers", "triton,triton[32x1]",
                                    "--launch-sweep", "32x1", "--out", str(out)])
+
+
     rows = json.loads(out.read_text())["results"]
     assert {r["provider"] for r in rows} == {"triton", "triton[32x1]"}
     assert seen.count("32x1") > 1  # validated once up front, then used by every launch of the sweep row

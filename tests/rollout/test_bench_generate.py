@@ -5,11 +5,11 @@ model config."""
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_generate.py"
+from tests.bench_scripts import load_bench
+
 # measured whole-call times and what follows from them alone; the decode figures are differences of two medians
 # (t_N − t_1), whose sign a loaded CPU can flip at these tiny sizes, so they are checked for consistency instead
 POSITIVE = [f"{side}_{k}" for side in ("ours", "hf") for k in ("t1_ms", "tN_ms", "prefill_tokens_per_s")] + [
@@ -20,10 +20,7 @@ QUICK = ["--device", "cpu", "--tiny", "--repeats", "1", "--warmup", "0"]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_generate")
 
 
 @pytest.fixture(scope="module")
