@@ -7,6 +7,7 @@ RUN_DIR/eval/step_N.jsonl (a run killed during an evaluation reuses that step's 
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -62,8 +63,6 @@ class TrainingEvaluation:
             return BenchmarkRun(HELD_OUT, held_out_scorer, list(questions), k, tuple(sorted({1, k})), cons_k, None)
         (spec,) = load_benchmarks(cfg.benchmarks_file, [cfg.benchmark])
         if cfg.limit:
-            import dataclasses
-
             spec = dataclasses.replace(spec, limit=cfg.limit)
         return BenchmarkRun.build(spec, load_questions(spec, tokenizer), self.sampling)
 
@@ -80,9 +79,9 @@ class TrainingEvaluation:
         header = {"settings": {"step": step, "seed": self.seed, "sampling": config_to_dict(self.sampling)},
                   "benchmarks": {run.name: run.header()}}
         store = SampleStore(self.dir / f"step_{step:08d}.jsonl", header, {run.name: run.k}) if rank0 else None
+        evaluator = Evaluator(engine, self.tokenizer, self.sampling, self.rewards, seed=self.seed, progress=False)
         try:
-            Evaluator(engine, self.tokenizer, self.sampling, self.rewards, seed=self.seed, progress=False).run([run],
-                                                                                                            store)
+            evaluator.run([run], store)
             results = benchmark_results(header["benchmarks"][run.name], store.records) if rank0 else None
         finally:
             if store is not None:
