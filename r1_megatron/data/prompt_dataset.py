@@ -6,16 +6,18 @@ import dataclasses
 import enum
 from typing import Any, Iterable, Sequence
 
+from r1_megatron.rewards.code_reward import parse_test_cases
 from r1_megatron.tokenizer import Tokenizer
 
 from .epoch_order import EpochOrder
 from .answer_format import AnswerFormat, UnreadableAnswer, reference_answer, resolve_answer_format
-from .records import DataError, read_records
+from .records import DataError, read_records, text_field
 from .templates import PromptTemplate, render_prompt
 
 
 class OnError(str, enum.Enum):
-    """What a bad record (malformed line, missing field, unreadable answer) does: stop the run, or be counted."""
+    """What a bad record (malformed line, missing or unusable field, unreadable answer) does: stop the run, or be
+    counted."""
 
     RAISE = "raise"
     SKIP = "skip"
@@ -28,7 +30,8 @@ class PromptDataConfig:
     ``answer_field``/``tests_field`` may be None when a task has no answer (or no tests). ``answer_format``
     says where the final answer is in the answer field (see ``answer_format.py``); the sample holds that final
     answer. ``max_prompt_tokens`` drops (and counts) prompts whose token count exceeds it. ``on_error="skip"``
-    counts and skips malformed lines, records missing a field and unreadable answers instead of raising.
+    counts and skips malformed lines, records missing a field or holding an unusable one (docs/data.md) and
+    unreadable answers instead of raising.
     """
 
     paths: tuple[str, ...]
@@ -76,7 +79,7 @@ class PromptDataset:
     """
 
     def __init__(self, config: PromptDataConfig, tokenizer: Tokenizer | None = None,
-                 records: Iterable[tuple[str, int, dict[str, Any]]] | None = None):
+                 records: Iterable[tuple[str, int, dict[str, Any] | DataError]] | None = None):
         if (config.max_prompt_tokens is not None or config.template is PromptTemplate.CHAT) and tokenizer is None:
             raise ValueError("PromptDataset: max_prompt_tokens and the chat template need a tokenizer")
         self.config, self.tokenizer = config, tokenizer
@@ -96,15 +99,36 @@ class PromptDataset:
     def _file_records(self):
         for path in self.config.paths:
             for line, record in read_records(path):
-                if isinstance(record, DataError):
-                    self._fail(record, "malformed")
-                else:
-                    yield path, line, record
+                yield path, line, record
 
-    def _fail(self, error: DataError, kind: str) -> None:
-        if self.config.on_error is OnError.RAISE:
-            raise error
-        self.stats[f"skipped_{kind}"] += 1
+    def _sample(self, path: str, line: int, record: dict[str, Any] | DataError) -> PromptSample | None:
+        """The record's sample; None when it is skipped (counted by kind) or too long (counted)."""
+        try:
+            if isinstance(record, DataError):
+                raise record
+            question, answer, tests = self._fields(path, line, record)
+        except DataError as e:
+            if self.config.on_error is OnError.RAISE:
+                raise
+            self.stats[f"skipped_{e.kind}"] += 1
+            return None
+        prompt = render_prompt(self.config.template, question, self.tokenizer)
+        ids = tuple(self.tokenizer.encode(prompt)) if self.tokenizer is not None else None
+        if self.config.max_prompt_tokens is not None and len(ids) > self.config.max_prompt_tokens:
+            self.stats["filtered_too_long"] += 1
+            return None
+        self.stats["kept"] += 1
+        return PromptSample(question, answer, tests, prompt, ids, source=f"{path}:{line}")
+
+    def _fields(self, path: str, line: int, record: dict[str, Any]) -> tuple[str, str | None, Any]:
+        """(question, final answer, tests) of a record; DataError naming the field when one is unusable."""
+        cfg = self.config
+        question = text_field(path, line, record, cfg.question_field)
+        if not question.strip():
+            raise DataError(path, line, "empty (or only whitespace)", cfg.question_field, "bad_field")
+        answer = self._answer(path, line, text_field(path, line, record, cfg.answer_field)
+                              if cfg.answer_field is not None else None)
+        return question, answer, self._tests(path, line, record)
 
     def _answer(self, path: str, line: int, text: str | None) -> str | None:
         """The final answer of the record's answer field, in the configured format (AUTO: counted per format)."""
@@ -114,38 +138,26 @@ class PromptDataset:
             answer = reference_answer(text, self.config.answer_format)
         except UnreadableAnswer as e:
             fmt = self.config.answer_format.value
-            self._fail(DataError(path, line, f"{e} with answer_format={fmt}: {text!r:.80}",
-                                 field=self.config.answer_field), "unreadable_answer")
-            raise _Skip from None
+            raise DataError(path, line, f"{e} with answer_format={fmt}: {text!r:.80}", self.config.answer_field,
+                            "unreadable_answer") from None
         if self.config.answer_format is AnswerFormat.AUTO and answer != text:
             self.stats[f"answer_read_as_{resolve_answer_format(text, AnswerFormat.AUTO).value}"] += 1
         return answer
 
-    def _field(self, path, line, record, name, required=True):
+    def _tests(self, path: str, line: int, record: dict[str, Any]) -> Any:
+        """The tests field as it is, checked now with code_tests' own parser so that a bad one names its line
+        (at scoring time it would only score 0)."""
+        name = self.config.tests_field
         if name is None:
             return None
-        if name not in record or record[name] is None:
-            if required:
-                self._fail(DataError(path, line, "missing (or null)", field=name), "missing_field")
-                raise _Skip
-            return None
-        value = record[name]
-        return value if name == self.config.tests_field else str(value)
-
-    def _sample(self, path: str, line: int, record: dict[str, Any]) -> PromptSample | None:
+        tests = record.get(name)
+        if tests is None:
+            raise DataError(path, line, "missing (or null)", name, "missing_field")
         try:
-            question = self._field(path, line, record, self.config.question_field)
-            answer = self._answer(path, line, self._field(path, line, record, self.config.answer_field))
-            tests = self._field(path, line, record, self.config.tests_field)
-        except _Skip:
-            return None
-        prompt = render_prompt(self.config.template, question, self.tokenizer)
-        ids = tuple(self.tokenizer.encode(prompt)) if self.tokenizer is not None else None
-        if self.config.max_prompt_tokens is not None and len(ids) > self.config.max_prompt_tokens:
-            self.stats["filtered_too_long"] += 1
-            return None
-        self.stats["kept"] += 1
-        return PromptSample(question, answer, tests, prompt, ids, source=f"{path}:{line}")
+            parse_test_cases(tests)
+        except (ValueError, TypeError) as e:  # TypeError: e.g. {"inputs": 5, ...} has no length
+            raise DataError(path, line, str(e), name, "bad_field") from None
+        return tests
 
     def notes(self) -> list[str]:
         """One line per thing building the dataset changed or dropped, for the run's start-up output (in terms of
@@ -183,10 +195,6 @@ class PromptDataset:
                              f"{state['num_samples']} samples; this dataset has seed {self.config.seed} and "
                              f"{len(self.samples)} samples")
         self.order.load(state["epoch"], state["position"])
-
-
-class _Skip(Exception):
-    """A record was counted as skipped (on_error="skip")."""
 
 
 def _enum_field(name: str, kind: type[enum.Enum], value):

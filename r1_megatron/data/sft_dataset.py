@@ -35,7 +35,7 @@ from r1_megatron.tokenizer import Tokenizer
 from .epoch_order import EpochOrder
 from .chat_render import COLD_START_SEPARATOR, ROLES, ChatRenderer, Message, RenderError, SFTTemplate
 from .prompt_dataset import OnError
-from .records import DataError, read_records
+from .records import DataError, read_records, text_field, value_kind
 
 
 class SFTFormat(str, enum.Enum):
@@ -151,27 +151,23 @@ class _At:
     line: int
 
     def error(self, problem: str, field: str | None, kind: str) -> DataError:
-        error = DataError(self.path, self.line, problem, field=field)
-        error.kind = kind  # the stats key under on_error=skip
-        return error
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+        return DataError(self.path, self.line, problem, field, kind)
 
 
 def _parse_message(at: _At, field: str, k: int, message: Any) -> Message:
     if not isinstance(message, dict):
-        raise at.error(f"message {k} is {_kind(message)}, not an object with role and content", field, "bad_message")
+        raise at.error(f"message {k} is {value_kind(message)}, not an object with role and content", field,
+                       "bad_message")
     role, content = message.get("role"), message.get("content")
     if role not in ROLES:
         raise at.error(f"message {k} has role {role!r}; expected system, user or assistant", field, "bad_message")
     if not isinstance(content, str):
-        raise at.error(f"message {k} ({role}): content must be a string, got {_kind(content)}", field, "bad_message")
+        raise at.error(f"message {k} ({role}): content must be a string, got {value_kind(content)}", field,
+                       "bad_message")
     reasoning = message.get("reasoning_content")
     if reasoning is not None and not isinstance(reasoning, str):
-        raise at.error(f"message {k} ({role}): reasoning_content must be a string, got {_kind(reasoning)}", field,
-                       "bad_message")
+        raise at.error(f"message {k} ({role}): reasoning_content must be a string, got {value_kind(reasoning)}",
+                       field, "bad_message")
     return Message(role, content, reasoning)
 
 
@@ -180,20 +176,13 @@ def _parse_messages(at: _At, record: dict[str, Any], field: str) -> list[Message
     if value is None:
         raise at.error("missing (or null)", field, "missing_field")
     if not isinstance(value, list) or not value:
-        raise at.error(f"expected a non-empty list of messages, got {_kind(value) if value else 'an empty list'}",
-                       field, "bad_message")
+        got = value_kind(value) if value else "an empty list"
+        raise at.error(f"expected a non-empty list of messages, got {got}", field, "bad_message")
     return [_parse_message(at, field, k, m) for k, m in enumerate(value, start=1)]
 
 
 def _text(at: _At, record: dict[str, Any], field: str, required: bool = True) -> str | None:
-    value = record.get(field)
-    if value is None:
-        if required:
-            raise at.error("missing (or null)", field, "missing_field")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise at.error(f"expected a string, got {_kind(value)}", field, "bad_field")
-    return value if isinstance(value, str) else str(value)  # numbers as text, as the prompt data does
+    return text_field(at.path, at.line, record, field, required)  # numbers as text, as the prompt data does
 
 
 class _ExampleBuilder:
@@ -210,13 +199,12 @@ class _ExampleBuilder:
         for path, line, record in records:
             try:
                 if isinstance(record, DataError):
-                    record.kind = "malformed"
                     raise record
                 example = self._fit(self._example(_At(path, line), record))
             except DataError as e:
                 if self.config.on_error is OnError.RAISE:
                     raise
-                self.stats[f"skipped_{getattr(e, 'kind', 'malformed')}"] += 1
+                self.stats[f"skipped_{e.kind}"] += 1
                 continue
             if example is not None:
                 examples.append(example)

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from r1_megatron.data.records import DataError
 from r1_megatron.data.synthetic import build_arithmetic_tokenizer
 from r1_megatron.grpo.task import build_task
 from r1_megatron.rewards import get_reward, register_reward
@@ -96,12 +97,12 @@ def test_code_records_with_tests_from_the_data_config(tmp_path, tokenizer):
     assert get_reward("code_tests")(add, by_prompt["Write add(a, b)."].reward_sample()) == 1.0
 
 
-def test_tests_code_tests_cannot_read_are_warned_about(tmp_path, tokenizer):
+def test_tests_code_tests_cannot_read_stop_the_run_at_load(tmp_path, tokenizer):
+    # checked by code_tests' own parser when the dataset is built (tests/adversarial/test_data_files.py has more)
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "tests": {"cases": [1]}}])
-    _, lines = task(tmp_path, tokenizer, CODE + [f"data.paths=[{path}]", "data.tests_field=tests"])
-    assert lines == [f"warning: code_tests cannot use the tests of 1 of the 1 records checked (100%), so it scores 0 "
-                     f"on them; first: {path}:1: \"{{'cases': [1]}}\": code tests: expected a non-empty list or an "
-                     f"inputs/outputs dict, got dict; check data.tests_field and the test format (docs/data.md)"]
+    with pytest.raises(DataError, match=r"^.*c.jsonl:1: field 'tests': code tests: expected a non-empty list or an "
+                                        r"inputs/outputs dict, got dict$"):
+        task(tmp_path, tokenizer, CODE + [f"data.paths=[{path}]", "data.tests_field=tests"])
 
 
 def test_skipped_records_are_reported_once(tmp_path, tokenizer):
