@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any, Sequence
 
+from .assert_checks import AssertPlan, checks_pass, plan_asserts
 from .sandbox import SandboxConfig, run_python
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -23,9 +24,14 @@ class StdioTest:
 
 @dataclasses.dataclass(frozen=True)
 class AssertTest:
-    """Python statements (e.g. ``assert f(2) == 4``) run in the program's namespace; pass when all run."""
+    """Python statements with top-level asserts (e.g. ``assert f(2) == 4``): the program's parts of each assert
+    run in the sandbox and the rest is decided here (``assert_checks.py``); pass when every assert holds."""
 
     code: str
+    plan: AssertPlan = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "plan", plan_asserts(self.code))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,19 +40,28 @@ class FunctionalTest:
     ``func_name`` (a method of ``Solution`` when the program defines that class, else a function); pass when the
     return value (a tuple read as a list) equals the JSON value ``output``. As in LiveCodeBench's runner the
     program runs after ``FUNCTIONAL_PRELUDE``, so LeetCode-style code using ``List[int]`` without importing it
-    works."""
+    works. The call runs in the sandbox; the comparison with ``output`` is made here, on plain data."""
 
     input: str
     output: str
     func_name: str
 
-    def assert_code(self) -> str:
-        """The statements that call the function and assert its result, run in the program's namespace."""
-        return (f"import json as _json\n"
-                f"_args = [_json.loads(_line) for _line in {self.input!r}.splitlines() if _line.strip()]\n"
-                f"_fn = getattr(Solution(), {self.func_name!r}) if 'Solution' in globals() else {self.func_name}\n"
-                f"_got = _fn(*_args)\n"
-                f"assert (list(_got) if isinstance(_got, tuple) else _got) == _json.loads({self.output!r})\n")
+    def __post_init__(self):
+        try:
+            args = [json.loads(line) for line in self.input.splitlines() if line.strip()]
+            expected = json.loads(self.output)
+        except ValueError as e:
+            raise ValueError(f"functional test of {self.func_name!r}: input and output must be JSON ({e})") from None
+        object.__setattr__(self, "_args_json", json.dumps(args))
+        object.__setattr__(self, "_expected", expected)
+
+    def probe(self) -> str:
+        """The expression the sandbox evaluates: the call of the solution on the test's arguments."""
+        fn = f"(getattr(Solution(), {self.func_name!r}) if 'Solution' in globals() else {self.func_name})"
+        return f"{fn}(*__import__('json').loads({self._args_json!r}))"
+
+    def passes(self, value) -> bool:
+        return (list(value) if type(value) is tuple else value) == self._expected
 
 
 TestCase = StdioTest | AssertTest | FunctionalTest
@@ -90,6 +105,14 @@ def parse_test_cases(tests: Any) -> list[TestCase]:
 
 
 def _one_case(item: Any, index: int) -> TestCase:
+    try:
+        return _case(item, index)
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith("code tests:") else f"code tests: item {index}: {message}") from None
+
+
+def _case(item: Any, index: int) -> TestCase:
     if isinstance(item, (StdioTest, AssertTest, FunctionalTest)):
         return item
     if isinstance(item, str):
@@ -123,24 +146,28 @@ def _normalise_output(text: str) -> str:
 
 
 def _passes(program: str, case: TestCase, config: SandboxConfig) -> bool:
+    if isinstance(case, StdioTest):
+        result = run_python(program, stdin=case.input.encode("utf-8", "surrogatepass"), config=config)
+        if result.timed_out or result.exit_code != 0 or result.output_truncated:
+            return False
+        return _normalise_output(result.stdout.decode("utf-8", "replace")) == _normalise_output(case.output)
     if isinstance(case, AssertTest):
-        return run_python(program, tests=case.code, config=config).passed_marker
-    if isinstance(case, FunctionalTest):
-        return run_python(FUNCTIONAL_PRELUDE + program, tests=case.assert_code(), config=config).passed_marker
-    result = run_python(program, stdin=case.input.encode("utf-8", "surrogatepass"), config=config)
-    if result.timed_out or result.exit_code != 0 or result.output_truncated:
-        return False
-    return _normalise_output(result.stdout.decode("utf-8", "replace")) == _normalise_output(case.output)
+        result = run_python(program, probes=case.plan.steps, config=config)
+        return not result.timed_out and checks_pass(case.plan, result.probes)
+    result = run_python(FUNCTIONAL_PRELUDE + program, probes=[("probe", case.probe())], config=config)
+    return not result.timed_out and 0 in result.probes and case.passes(result.probes[0])
 
 
 def code_tests(completion: str, tests: Any, *, timeout_s: float = 5.0, scoring: str = "fraction",
+               python: str | None = None, memory_bytes: int | None = None, max_disk_bytes: int | None = None,
                config: SandboxConfig | None = None) -> float:
     """Share of test cases the completion's last fenced code block passes (``scoring="all"``: 1.0 or 0.0).
 
     Each test case is a separate sandboxed run (see ``sandbox.py``) with a wall limit of ``timeout_s``
-    (overriding ``config.wall_s``). No code block, code that fails, hangs, crashes, or prints too much:
-    that test scores 0. ``tests`` is parsed by ``parse_test_cases``; malformed tests (data, not model
-    output) raise ValueError, as does an unknown ``scoring``.
+    (overriding ``config.wall_s``); ``python``, ``memory_bytes`` and ``max_disk_bytes``, when given, override
+    the config's interpreter (e.g. a virtualenv with numpy) and limits. No code block, code that fails, hangs,
+    crashes, or prints too much: that test scores 0. ``tests`` is parsed by ``parse_test_cases``; malformed
+    tests (data, not model output) raise ValueError, as does an unknown ``scoring``.
     """
     if scoring not in SCORING_MODES:
         raise ValueError(f"code_tests: scoring must be one of {SCORING_MODES}, got {scoring!r}")
@@ -148,7 +175,9 @@ def code_tests(completion: str, tests: Any, *, timeout_s: float = 5.0, scoring: 
     program = last_code_block(completion) if isinstance(completion, str) else None
     if program is None:
         return 0.0
-    config = dataclasses.replace(config or SandboxConfig(), wall_s=timeout_s)
+    overrides = {k: v for k, v in (("python", python), ("memory_bytes", memory_bytes),
+                                   ("max_disk_bytes", max_disk_bytes)) if v is not None}
+    config = dataclasses.replace(config or SandboxConfig(), wall_s=timeout_s, **overrides)
     passed = 0
     for case in cases:
         if _passes(program, case, config):

@@ -113,7 +113,7 @@ def test_layers_as_root():
     layers = available_layers()
     assert "rlimits" in layers
     if os.geteuid() == 0:
-        assert {"uid", "netns", "readonly_fs"} <= set(layers)
+        assert {"uid", "netns", "pidns", "mount_view", "own_proc", "disk_quota"} <= set(layers)
 
 
 def test_environment_is_scrubbed_and_cwd_is_fresh():
@@ -170,11 +170,14 @@ def test_open_socket():
 def test_write_to_home_and_root(tmp_path):
     home = os.path.expanduser("~")
     targets = [os.path.join(home, "r1_sandbox_escape.txt"), "/r1_sandbox_escape.txt"]
-    if "readonly_fs" in available_layers():
-        targets += ["/tmp/r1_sandbox_escape.txt", "/dev/shm/r1_sandbox_escape.txt", str(tmp_path / "escape.txt")]
+    if {"readonly_fs", "mount_view"} & set(available_layers()):
+        targets += ["/dev/shm/r1_sandbox_escape.txt", str(tmp_path / "escape.txt")]
     for target in targets:
         assert_contained(f"open({target!r}, 'w').write('x')\nprint(3)")
         assert not os.path.exists(target), target
+    # the program's /tmp is its own scratch (in its own view) or read-only: the host's /tmp is never written
+    run_python("open('/tmp/r1_sandbox_escape.txt', 'w').write('x')")
+    assert not os.path.exists("/tmp/r1_sandbox_escape.txt")
     # the sandbox's own ~ is its fresh temp dir: writing there works and is gone afterwards
     result = run_python("import os\np = os.path.expanduser('~/note.txt')\nopen(p, 'w').write('x')\nprint(p)")
     assert result.exit_code == 0 and not os.path.exists(result.stdout.decode().strip())
@@ -204,7 +207,7 @@ def test_print_100_mb():
 
 def test_fallback_layers_without_namespaces_or_uid():
     """What the audit hook alone still stops (forced on, as if running unprivileged without namespaces)."""
-    weak = SandboxConfig(wall_s=2.0, namespaces=False, drop_privileges=False)
+    weak = SandboxConfig(wall_s=2.0, namespaces=False, drop_privileges=False, cgroups=False)
     assert run_python("pass", config=weak).layers == ("rlimits", "audit_hook")
     for code in ("import socket\nsocket.socket()\nprint(3)",
                  "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint(3)",
