@@ -155,7 +155,7 @@ class PromptDataset:
             raise DataError(path, line, "missing (or null)", name, "missing_field")
         try:
             parse_test_cases(tests)
-        except (ValueError, TypeError) as e:  # TypeError: e.g. {"inputs": 5, ...} has no length
+        except ValueError as e:
             raise DataError(path, line, str(e), name, "bad_field") from None
         return tests
 

@@ -96,6 +96,9 @@ def parse_test_cases(tests: Any) -> list[TestCase]:
         except ValueError as e:
             raise ValueError(f"code tests: not valid JSON ({e})") from None
     if isinstance(tests, dict) and set(tests) >= {"inputs", "outputs"}:
+        if not all(isinstance(tests[k], list) for k in ("inputs", "outputs")):
+            raise ValueError(f"code tests: 'inputs' and 'outputs' must be lists, got "
+                             f"{type(tests['inputs']).__name__} and {type(tests['outputs']).__name__}")
         if len(tests["inputs"]) != len(tests["outputs"]):
             raise ValueError(f"code tests: {len(tests['inputs'])} inputs but {len(tests['outputs'])} outputs")
         return [StdioTest(_text(i), _text(o)) for i, o in zip(tests["inputs"], tests["outputs"])]
