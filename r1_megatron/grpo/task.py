@@ -11,6 +11,7 @@ from typing import Callable
 from r1_megatron.data.prompt_dataset import PromptDataConfig, PromptDataset
 from r1_megatron.data.synthetic import arithmetic_problems, build_arithmetic_tokenizer
 from r1_megatron.rewards.reference_check import ReferenceCheck, check_references
+from r1_megatron.rewards.sandbox import SandboxConfig, describe
 from r1_megatron.task import Task
 from r1_megatron.tokenizer import load_tokenizer
 
@@ -42,9 +43,17 @@ def build_task(cfg: GRPORunConfig, say: Callable[[str], None] = print) -> Task:
                     scorer=SYNTHETIC_SCORER[data.synthetic], generator=generator)
         held_out = arithmetic_problems(cfg.warm_start.eval_prompts, data.seed + HELD_OUT_SEED_OFFSET, data.arithmetic)
         task.held_out = task.samples(held_out, source="held-out")
-    for line in task.dataset.notes() + reference_warnings(cfg, task.dataset):
+    for line in task.dataset.notes() + reference_warnings(cfg, task.dataset) + sandbox_notes(cfg):
         say(line)
     return task
+
+
+def sandbox_notes(cfg: GRPORunConfig) -> list[str]:
+    """Which Python runs the completions' code and how it is contained, when a reward runs code."""
+    if "code_tests" not in cfg.rewards.weights:
+        return []
+    python = dict(cfg.rewards.reward_kwargs).get("code_tests", {}).get("python")
+    return [describe(SandboxConfig(wall_s=30, python=python))]
 
 
 def prompt_data_config(data: DataConfig) -> PromptDataConfig:

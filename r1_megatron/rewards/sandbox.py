@@ -396,6 +396,17 @@ def _spawn_and_wait(cfg, stdio, result_files, work, wall_s) -> tuple[int | None,
         proc.wait()
 
 
+_STRONG_LAYERS = ("netns", "pidns", "mount_view", "cgroup_memory")
+
+
+def describe(config: SandboxConfig = SandboxConfig(wall_s=30)) -> str:
+    """One start-up line: which Python runs programs and which layers contain them, with what is missing."""
+    info, layers = interpreter_info(config), available_layers(config)
+    missing = [layer for layer in _STRONG_LAYERS if layer not in layers]
+    line = f"code_tests sandbox: {info['python']} (Python {info['version']}); layers: {', '.join(layers)}"
+    return line + (f"; warning: without {', '.join(missing)} (docs/rewards.md#the-code-sandbox)" if missing else "")
+
+
 def available_layers(config: SandboxConfig = SandboxConfig(wall_s=30)) -> tuple[str, ...]:
     """The layers a run with ``config`` gets on this machine (runs a trivial program once)."""
     return run_python("pass", config=config).layers
