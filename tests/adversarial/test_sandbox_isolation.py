@@ -239,7 +239,7 @@ def test_a_code_run_says_which_python_runs_the_code_and_how_it_is_contained():
     from r1_megatron.run_config import load_run_config
 
     assert sandbox_notes(load_run_config(None, [])) == []  # the demo runs no code
-    cfg = load_run_config(None, ["rewards.weights={code_tests: 1.0}"])
+    cfg = load_run_config(None, ["rewards.weights={code_tests: 1.0}", "rewards.accuracy=code_tests"])
     (line,) = sandbox_notes(cfg)
     assert line.startswith(f"code_tests sandbox: {interpreter_info()['python']} (Python ")
     assert all(layer in line for layer in LAYERS)
