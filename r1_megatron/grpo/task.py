@@ -15,7 +15,7 @@ from r1_megatron.rewards.sandbox import SandboxConfig, describe
 from r1_megatron.task import Task
 from r1_megatron.tokenizer import load_tokenizer
 
-from .config import DataConfig, GRPORunConfig
+from .config import DataConfig, GRPORunConfig, RewardsConfig
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out problems come from a different stream than training prompts
 SYNTHETIC_SCORER = {"arithmetic": "arithmetic_exact"}
@@ -43,16 +43,16 @@ def build_task(cfg: GRPORunConfig, say: Callable[[str], None] = print) -> Task:
                     scorer=SYNTHETIC_SCORER[data.synthetic], generator=generator)
         held_out = arithmetic_problems(cfg.warm_start.eval_prompts, data.seed + HELD_OUT_SEED_OFFSET, data.arithmetic)
         task.held_out = task.samples(held_out, source="held-out")
-    for line in task.dataset.notes() + reference_warnings(cfg, task.dataset) + sandbox_notes(cfg):
+    for line in task.dataset.notes() + reference_warnings(cfg, task.dataset) + sandbox_notes(cfg.rewards):
         say(line)
     return task
 
 
-def sandbox_notes(cfg: GRPORunConfig) -> list[str]:
+def sandbox_notes(rewards: RewardsConfig) -> list[str]:
     """Which Python runs the completions' code and how it is contained, when a reward runs code."""
-    if "code_tests" not in cfg.rewards.weights:
+    if "code_tests" not in rewards.weights:
         return []
-    python = dict(cfg.rewards.reward_kwargs).get("code_tests", {}).get("python")
+    python = dict(rewards.reward_kwargs).get("code_tests", {}).get("python")
     return [describe(SandboxConfig(wall_s=30, python=python))]
 
 

@@ -235,11 +235,10 @@ def test_unprivileged_callers_get_the_same_view_without_capabilities():
 
 
 def test_a_code_run_says_which_python_runs_the_code_and_how_it_is_contained():
+    from r1_megatron.grpo.config import RewardsConfig
     from r1_megatron.grpo.task import sandbox_notes
-    from r1_megatron.run_config import load_run_config
 
-    assert sandbox_notes(load_run_config(None, [])) == []  # the demo runs no code
-    cfg = load_run_config(None, ["rewards.weights={code_tests: 1.0}", "rewards.accuracy=code_tests"])
-    (line,) = sandbox_notes(cfg)
+    assert sandbox_notes(RewardsConfig()) == []  # math and format run no code
+    (line,) = sandbox_notes(RewardsConfig(weights={"code_tests": 1.0}, accuracy="code_tests", format=None))
     assert line.startswith(f"code_tests sandbox: {interpreter_info()['python']} (Python ")
     assert all(layer in line for layer in LAYERS)
