@@ -2,12 +2,15 @@
 
 Forward: (1) stream the logits once (softmax_stats_triton) → 4 fp32 partials per token; under TP one
 all-gather of those partials; (2) `_token_loss_kernel`, one program per sequence, folds them into log p,
-applies ratio / clip / dual clip / KL per token and writes the per-sequence sums the aggregation needs.
+applies the clamped ratio / clip / dual clip / clamped KL per token and writes the per-sequence sums the
+aggregation needs.
 Backward: d loss/d x_v = g_t·(onehot_v(y) − softmax_v(x/τ))/τ with the per-token scalar
 g_t = grad_out·w_b·dℓ/dlogp (w_b from loss_aggregation), one read of the logits and one write of the
 gradient, no collective. Saved state: log Z [N], dℓ/dlogp [N] and w [B], all fp32.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -24,8 +27,16 @@ _STAT_NAMES = ("kl", "clip_frac", "ratio", "entropy")
 
 
 @triton.jit
-def _kl_and_grad(logp, ref, KL_KIND: tl.constexpr):
-    """(KL, dKL/dlogp) for estimator k1 | k2 | k3 with d = ref − logp."""
+def _clamp(x, bound):
+    """(clamp(x, −bound, bound), whether it bound) as torch.clamp: NaN stays NaN; bound = inf turns it off."""
+    binds = (x > bound) | (x < -bound)
+    return tl.where(x > bound, bound, tl.where(x < -bound, -bound, x)), binds
+
+
+@triton.jit
+def _kl_and_grad(logp, ref, kl_log_ratio_clamp, kl_value_clamp, KL_KIND: tl.constexpr):
+    """(KL, dKL/dlogp) for estimator k1 | k2 | k3 with d = ref − logp; k3 clamps d and caps its value, with zero
+    gradient where either binds."""
     d = ref - logp
     if KL_KIND == 1:
         kl = -d
@@ -34,9 +45,12 @@ def _kl_and_grad(logp, ref, KL_KIND: tl.constexpr):
         kl = 0.5 * d * d
         dkl = -d
     else:
-        exp_d = tl.exp(d)
-        kl = exp_d - d - 1.0
-        dkl = 1.0 - exp_d
+        d_c, d_binds = _clamp(d, kl_log_ratio_clamp)
+        exp_d = tl.exp(d_c)
+        kl = exp_d - d_c - 1.0
+        capped = kl > kl_value_clamp
+        dkl = tl.where(d_binds | capped, 0.0, 1.0 - exp_d)
+        kl = tl.where(capped, kl_value_clamp, kl)
     return kl, dkl
 
 
@@ -60,8 +74,8 @@ def _surrogate_and_grad(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL: tl
 @triton.jit
 def _token_loss_kernel(partials_ptr, N, TP, T, old_ptr, ref_ptr, adv_ptr, adv_stride_b, adv_stride_t, mask_ptr,
                        logp_ptr, logz_ptr, dloss_ptr, row_sums_ptr, clip_low, clip_high, dual_clip, kl_coef,
-                       HAS_REF: tl.constexpr, ADD_KL: tl.constexpr, KL_KIND: tl.constexpr,
-                       HAS_DUAL: tl.constexpr, BLOCK_T: tl.constexpr):
+                       log_ratio_clamp, kl_log_ratio_clamp, kl_value_clamp, HAS_REF: tl.constexpr,
+                       ADD_KL: tl.constexpr, KL_KIND: tl.constexpr, HAS_DUAL: tl.constexpr, BLOCK_T: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     acc_mask = tl.zeros([BLOCK_T], tl.float32)
     acc_loss = tl.zeros([BLOCK_T], tl.float32)
@@ -78,14 +92,16 @@ def _token_loss_kernel(partials_ptr, N, TP, T, old_ptr, ref_ptr, adv_ptr, adv_st
         adv = tl.load(adv_ptr + b * adv_stride_b + t * adv_stride_t, mask=valid, other=0.0).to(tl.float32)
         w = tl.where(valid, tl.load(mask_ptr + n, mask=valid, other=0).to(tl.float32), 0.0)
         on = w != 0
-        ratio = tl.exp(logp - old)
+        log_ratio, ratio_binds = _clamp(logp - old, log_ratio_clamp)
+        ratio = tl.exp(log_ratio)
         surr, dsurr, clipped = _surrogate_and_grad(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL)
         loss = -surr
-        dloss = -dsurr
+        dloss = tl.where(ratio_binds, 0.0, -dsurr)
+        clipped = clipped | ratio_binds
         kl = tl.zeros([BLOCK_T], tl.float32)
         if HAS_REF:
             ref = tl.load(ref_ptr + n, mask=valid, other=0.0).to(tl.float32)
-            kl, dkl = _kl_and_grad(logp, ref, KL_KIND)
+            kl, dkl = _kl_and_grad(logp, ref, kl_log_ratio_clamp, kl_value_clamp, KL_KIND)
             if ADD_KL:
                 loss += kl_coef * kl
                 dloss += kl_coef * dkl
@@ -122,6 +138,11 @@ def _logits_grad_kernel(logits_ptr, stride_b, stride_t, grad_ptr, gstride_b, gst
                          coef, inv_temp, BLOCK_V)
 
 
+def _bound(clamp: float | None) -> float:
+    """A clamp's bound for the kernel: inf (a clamp that never binds) when the guard is off."""
+    return math.inf if clamp is None else clamp
+
+
 def _token_loss(partials_PN4, old_BT, ref_BT, adv, mask_BT, cfg: GRPOLossConfig):
     """Launch the per-sequence epilogue → (logp [N], logZ [N], dℓ/dlogp [N], row sums [B, 6]), all fp32."""
     B, T = old_BT.shape
@@ -136,7 +157,8 @@ def _token_loss(partials_PN4, old_BT, ref_BT, adv, mask_BT, cfg: GRPOLossConfig)
     _token_loss_kernel[(B,)](
         partials_PN4, n_tok, partials_PN4.shape[0], T, old_BT, ref_BT, adv, adv_strides[0], adv_strides[1],
         mask_BT, logp_N, logz_N, dloss_N, row_sums_B6, cfg.clip_low, cfg.clip_high, cfg.dual_clip or 0.0,
-        cfg.kl_coef, HAS_REF=has_ref, ADD_KL=cfg.kl_coef != 0, KL_KIND=_KL_CODE[cfg.kl_estimator],
+        cfg.kl_coef, _bound(cfg.log_ratio_clamp), _bound(cfg.kl_log_ratio_clamp), _bound(cfg.kl_value_clamp),
+        HAS_REF=has_ref, ADD_KL=cfg.kl_coef != 0, KL_KIND=_KL_CODE[cfg.kl_estimator],
         HAS_DUAL=cfg.dual_clip is not None, BLOCK_T=min(triton.next_power_of_2(T), 1024))
     return logp_N, logz_N, dloss_N, row_sums_B6
 

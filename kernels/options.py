@@ -64,6 +64,11 @@ class GRPOLossConfig:
     loss_agg: LossAgg = LossAgg.SEQ_MEAN_TOKEN_MEAN
     norm_length: int | None = None
     normalizer: float | None = None
+    # numerical guards (verl's and NeMo-RL's defaults; None: off). ρ = exp(clamp(logp − old, ±log_ratio_clamp));
+    # k3 = e^d − d − 1 with d = clamp(ref − logp, ±kl_log_ratio_clamp), then min(k3, kl_value_clamp)
+    log_ratio_clamp: float | None = 20.0
+    kl_log_ratio_clamp: float | None = 20.0
+    kl_value_clamp: float | None = 10.0
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -86,6 +91,11 @@ class GRPOLossConfig:
                  "norm_length", self.norm_length, "must be None or a positive int")
         _require(self.normalizer is None or (math.isfinite(self.normalizer) and self.normalizer > 0),
                  "normalizer", self.normalizer, "must be None or a finite number > 0")
+        for name in ("log_ratio_clamp", "kl_log_ratio_clamp", "kl_value_clamp"):
+            # 0 would freeze every ratio at 1 (or every KL at 0) and zero its gradient: a mistake, not "off"
+            bound = getattr(self, name)
+            _require(bound is None or (not isinstance(bound, bool) and math.isfinite(bound) and bound > 0), name,
+                     bound, "must be None (off) or a finite number > 0")
 
     @property
     def clip_low(self) -> float:

@@ -106,17 +106,22 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, tp_group=None,
 
 
 # -------------------------------------------------------------------------------------------------- GRPO loss
-def _kl_k1(logp, ref):
+def _kl_k1(logp, ref, cfg):
     return logp - ref
 
 
-def _kl_k2(logp, ref):
+def _kl_k2(logp, ref, cfg):
     return 0.5 * (logp - ref) ** 2
 
 
-def _kl_k3(logp, ref):
+def _kl_k3(logp, ref, cfg: GRPOLossConfig):
+    """e^d − d − 1 with d = ref − logp clamped to ±kl_log_ratio_clamp, then capped at kl_value_clamp (verl's
+    low_var_kl; k3 >= 0, so only the upper bound can bind). torch.clamp passes no gradient where it binds."""
     d = ref - logp
-    return torch.exp(d) - d - 1
+    if cfg.kl_log_ratio_clamp is not None:
+        d = torch.clamp(d, -cfg.kl_log_ratio_clamp, cfg.kl_log_ratio_clamp)
+    kl = torch.exp(d) - d - 1
+    return kl if cfg.kl_value_clamp is None else torch.clamp(kl, max=cfg.kl_value_clamp)
 
 
 KL_ESTIMATORS = {KLEstimator.K1: _kl_k1, KLEstimator.K2: _kl_k2, KLEstimator.K3: _kl_k3}
@@ -164,6 +169,15 @@ def _masked_mean(x_BT, mask_BT):
     return _safe_div(_masked(x_BT, mask_BT).sum(), mask_BT.sum()).detach()
 
 
+def _ratio(log_ratio_BT, cfg: GRPOLossConfig):
+    """(ρ = exp(clamp(logp − old, ±log_ratio_clamp)), clamped): the clamp bounds ρ (e^20 ≈ 4.9e8 at verl's 20)
+    where old log-probs are stale or broken, and passes no gradient where it binds."""
+    if cfg.log_ratio_clamp is None:
+        return torch.exp(log_ratio_BT), torch.zeros_like(log_ratio_BT, dtype=torch.bool)
+    c = cfg.log_ratio_clamp
+    return torch.exp(torch.clamp(log_ratio_BT, -c, c)), (log_ratio_BT > c) | (log_ratio_BT < -c)
+
+
 def _surrogate(ratio_BT, adv_BT, cfg: GRPOLossConfig):
     """(surrogate, clipped): min(ρA, clip(ρ)A), and max(·, c·A) where A < 0 under dual clip c."""
     unclipped_BT = ratio_BT * adv_BT
@@ -180,15 +194,15 @@ def _surrogate(ratio_BT, adv_BT, cfg: GRPOLossConfig):
 
 def grpo_loss(logits, targets, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps_low=0.2,
               clip_eps_high=None, dual_clip=None, kl_coef=0.001, kl_estimator="k3", temperature=1.0,
-              loss_agg="seq-mean-token-mean", norm_length=None, normalizer=None, tp_group=None,
-              inplace_backward=False):
+              loss_agg="seq-mean-token-mean", norm_length=None, normalizer=None, log_ratio_clamp=20.0,
+              kl_log_ratio_clamp=20.0, kl_value_clamp=10.0, tp_group=None, inplace_backward=False):
     """Reference GRPO loss; see `r1_megatron.kernels.grpo_loss` for the contract. `inplace_backward` is ignored.
 
-    logp = log_softmax(logits/τ)[target]; ρ = exp(logp − old); per-token loss = −surrogate(ρ, A) + β·KL;
-    reduced over mask tokens by `loss_agg`. Returns (loss, stats).
+    logp = log_softmax(logits/τ)[target]; ρ = exp(clamp(logp − old, ±log_ratio_clamp)); per-token loss =
+    −surrogate(ρ, A) + β·KL; reduced over mask tokens by `loss_agg`. Returns (loss, stats).
     """
     cfg = GRPOLossConfig(clip_eps_low, clip_eps_high, dual_clip, kl_coef, kl_estimator, temperature, loss_agg,
-                         norm_length, normalizer)
+                         norm_length, normalizer, log_ratio_clamp, kl_log_ratio_clamp, kl_value_clamp)
     check_loss_inputs(logits, targets, old_logprobs, ref_logprobs, advantages, mask)
     dtype = _compute_dtype(logits.dtype)
     logprobs_BTV = torch.log_softmax(gather_vocab(logits, tp_group) / cfg.temperature, dim=-1)
@@ -196,12 +210,13 @@ def grpo_loss(logits, targets, old_logprobs, ref_logprobs, advantages, mask, *, 
     mask_BT = mask.to(dtype)
     adv_BT = advantages.to(dtype)
     adv_BT = adv_BT[:, None].expand_as(logp_BT) if adv_BT.dim() == 1 else adv_BT
-    ratio_BT = torch.exp(logp_BT - old_logprobs.to(dtype))
+    ratio_BT, clamped_BT = _ratio(logp_BT - old_logprobs.to(dtype), cfg)
     surr_BT, clipped_BT = _surrogate(ratio_BT, adv_BT, cfg)
+    clipped_BT = clipped_BT | clamped_BT  # the clamp cut the gradient too
     token_loss_BT = -surr_BT
     kl_BT = torch.zeros_like(logp_BT)
     if ref_logprobs is not None:
-        kl_BT = KL_ESTIMATORS[cfg.kl_estimator](logp_BT, ref_logprobs.to(dtype))
+        kl_BT = KL_ESTIMATORS[cfg.kl_estimator](logp_BT, ref_logprobs.to(dtype), cfg)
         if cfg.kl_coef:
             token_loss_BT = token_loss_BT + cfg.kl_coef * kl_BT
     loss = AGGREGATIONS[cfg.loss_agg](_masked(token_loss_BT, mask_BT), mask_BT, cfg)

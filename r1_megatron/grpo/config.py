@@ -23,6 +23,8 @@ from r1_megatron.rollout.decode_graphs import GraphConfig
 from r1_megatron.rollout.sampling_params import SamplingParams
 from r1_megatron.training.run_sections import CheckpointConfig, LoggingConfig, RunConfig  # noqa: F401
 
+from .loss_health import check_bands
+
 
 def _positive(owner: str, **values) -> None:
     for name, value in values.items():
@@ -120,7 +122,14 @@ class AlgorithmConfig:
     hit max_new_tokens get no loss; recompute_old_logprobs: a forward pass gives the old-policy log-probabilities
     instead of the engine's (which are the same weights, so equal up to reduction order);
     max_tokens_per_micro_batch: pack several sequences into each of the micro-batch's micro_batch_size rows, up to
-    that many tokens per row (null: one sequence per row, right-padded to the step's longest)."""
+    that many tokens per row (null: one sequence per row, right-padded to the step's longest).
+
+    Numerical guards (verl's and NeMo-RL's defaults; null turns one off, 0 is an error): the ratio is
+    exp(clamp(logp − old, ±log_ratio_clamp)); k3 clamps its d = ref − logp to ±kl_log_ratio_clamp and caps its value
+    at kl_value_clamp; no gradient flows where a clamp binds. Health bands (null: no warning): the step's clip
+    fraction above health_clip_fraction_max, or its mean |train − rollout logprob| above health_mismatch_max, sets
+    health/clip_fraction_warning or health/mismatch_warning to 1 and says so when it starts and when it ends
+    (loss_health.py, docs/r1_reference.md)."""
 
     kl_coef: float = 0.001
     kl_estimator: str = "k3"
@@ -140,9 +149,15 @@ class AlgorithmConfig:
     mask_truncated: bool = False
     recompute_old_logprobs: bool = False
     max_tokens_per_micro_batch: int | None = None
+    log_ratio_clamp: float | None = 20.0
+    kl_log_ratio_clamp: float | None = 20.0
+    kl_value_clamp: float | None = 10.0
+    health_clip_fraction_max: float | None = 0.2
+    health_mismatch_max: float | None = 0.05
 
     def __post_init__(self):
         self.loss_config(1)  # validates the loss fields with their names
+        check_bands(self.health_clip_fraction_max, self.health_mismatch_max)
         budget = self.max_tokens_per_micro_batch
         if budget is not None and (not isinstance(budget, int) or budget < 2):
             raise ValueError(f"algorithm.max_tokens_per_micro_batch must be an integer >= 2 (or null: no packing), "
@@ -158,7 +173,8 @@ class AlgorithmConfig:
         try:
             # normalizer 1: the loss returns a sum over units; Megatron divides by the global unit count
             return GRPOLossConfig(self.clip_eps_low, self.clip_eps_high, self.dual_clip, self.kl_coef,
-                                  self.kl_estimator, 1.0, self.loss_agg, norm_length, 1.0)
+                                  self.kl_estimator, 1.0, self.loss_agg, norm_length, 1.0, self.log_ratio_clamp,
+                                  self.kl_log_ratio_clamp, self.kl_value_clamp)
         except ValueError as e:
             raise ValueError(f"algorithm.{e}") from None
 

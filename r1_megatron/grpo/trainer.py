@@ -29,6 +29,7 @@ from r1_megatron.training.step_stats import StepStats
 
 from .config import GRPORunConfig
 from .logprob_pass import forward_logprobs
+from .loss_health import LossHealth
 from .policy_loss import policy_loss_fn
 from .reference import ReferenceModel
 from .reward_health import RewardHealth
@@ -67,6 +68,8 @@ class GRPOTrainer:
         self.task = build_task(cfg, say=run.say)
         run.tokenizer_dir = self.task.tokenizer_dir
         self.reward_health = RewardHealth(cfg.rewards.max_failed_steps)
+        self.loss_health = LossHealth(cfg.algorithm.health_clip_fraction_max, cfg.algorithm.health_mismatch_max,
+                                      run.say)
         accuracy = scorer_for_reward(cfg.rewards.accuracy) if cfg.rewards.accuracy else None
         self.extract_answer = accuracy.extract if accuracy else None  # the answer shown in samples.jsonl
         self.evaluation = self._training_evaluation() if cfg.evaluation.enabled else None
@@ -276,6 +279,7 @@ class GRPOTrainer:
         stats.max("mismatch/max", 0.0)
         out = stats.reduce(self.dp_group)
         out.update(from_last_stage({name: out[name] for name in LOSS_STATS}, self.engine.device))
+        out.update(self.loss_health.check(self.step, out))  # health/clip_fraction_warning, health/mismatch_warning
         out["throughput/tokens_per_s"] = out.pop("rollout/tokens") / max(out["time/step"], 1e-9)  # generated
         out["advantage/std"] = max(out.pop("advantage/square_mean") - out["advantage/mean"] ** 2, 0.0) ** 0.5
         out.update(self.warm_start.metrics if self.step == 1 else {})

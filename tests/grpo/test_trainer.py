@@ -85,10 +85,11 @@ def test_a_run_logs_checkpoints_exports_and_plots(first_run):
     assert [m["step"] for m in lines] == [1, 2, 3]
     for m in lines:
         for key in ("reward/total_mean", "accuracy", "response_length/mean", "advantage/zero_group_frac", "loss/kl",
-                    "loss/clip_frac", "loss/entropy", "mismatch/max", "grad_norm", "lr"):
+                    "loss/clip_frac", "loss/entropy", "mismatch/max", "grad_norm", "lr",
+                    "health/clip_fraction_warning"):
             assert key in m, key
         # the engine generated with the trainer's weights: its logprobs are the training forward's (fp32)
-        assert m["mismatch/max"] <= 1e-5
+        assert m["mismatch/max"] <= 1e-5 and m["health/mismatch_warning"] == 0
         assert m["loss/entropy"] > 0
     assert lines[1]["loss/kl"] > 0  # the policy moved away from the reference after the first update
     assert all(m["grad_norm"] > 0 for m in lines)

@@ -40,7 +40,7 @@ LOGPROB = dict(partials_ptr=F32, logp_ptr=F32, N="i32", TP="i32")
 TOKEN_LOSS = dict(partials_ptr=F32, N="i32", TP="i32", T="i32", old_ptr=F32, ref_ptr=F32, adv_ptr=F32,
                   adv_stride_b="i32", adv_stride_t="i32", mask_ptr="*i1", logp_ptr=F32, logz_ptr=F32,
                   dloss_ptr=F32, row_sums_ptr=F32, clip_low="fp32", clip_high="fp32", dual_clip="fp32",
-                  kl_coef="fp32")
+                  kl_coef="fp32", log_ratio_clamp="fp32", kl_log_ratio_clamp="fp32", kl_value_clamp="fp32")
 LOGITS_GRAD = dict(logits_ptr="*bf16", stride_b="i64", stride_t="i64", grad_ptr="*bf16", gstride_b="i64",
                    gstride_t="i64", T="i32", targets_ptr="*i64", logz_ptr=F32, dloss_ptr=F32, weight_ptr=F32,
                    grad_out_ptr=F32, V_local="i32", vocab_start="i32", inv_temp="fp32")

@@ -1,4 +1,5 @@
-"""Triton grpo_loss / token_logprobs (interpreted) against a float64 evaluation of the reference."""
+"""Triton grpo_loss / token_logprobs (interpreted) against a float64 evaluation of the reference, including the
+loss's numerical guards (log-ratios and k3 inputs beyond their clamps)."""
 import itertools
 import zlib
 
@@ -181,6 +182,75 @@ def test_forward_and_backward_never_allocate_a_vocab_sized_intermediate(monkeypa
         assert max(n for n in bwd.records if n < B * T * V) <= 8 * B * T
 
 
+# ------------------------------------------------------------------------------------------ numerical guards
+# logp − old and ref − logp planted at loss tokens: inside, near (but not within rounding of) and far beyond the
+# default clamps (±20 for both; k3's value cap of 10 binds from d ≈ 2.6 and below d ≈ −11)
+LOG_RATIOS = (25.0, -25.0, 19.5, -19.5, 60.0, -300.0, 2.0)
+KL_LOG_RATIOS = (30.0, -30.0, 2.0, 2.9, -10.5, -11.5, 19.0)
+
+
+def planted(B, T, V, *, seed, log_ratios=LOG_RATIOS, kl_log_ratios=KL_LOG_RATIOS, dtype=torch.float32):
+    """make_inputs with old = logp − log_ratio and ref = logp + kl_log_ratio at the first loss tokens, logp the
+    float64 log-probability of the logits rounded to `dtype` (what the kernel sees)."""
+    inp = make_inputs(B, T, V, seed=seed, adv_per_token=True, old_noise=0.3)
+    logp = reference.token_logprobs(inp.logits.to(dtype).double(), inp.targets).float()
+    b_N, t_N = inp.mask.nonzero(as_tuple=True)
+    for i, x in enumerate(log_ratios):
+        inp.old[b_N[i], t_N[i]] = logp[b_N[i], t_N[i]] - x
+    for i, x in enumerate(kl_log_ratios):
+        j = -1 - i  # from the other end, so both kinds of planted tokens are spread over the rows
+        inp.ref[b_N[j], t_N[j]] = logp[b_N[j], t_N[j]] + x
+    return inp
+
+
+@pytest.mark.parametrize("B,T,V,kw", [
+    (3, 7, 100, dict(kl_coef=0.3)),
+    (2, 9, 37, dict(kl_coef=0.3, dual_clip=3.0, loss_agg="token-mean", temperature=0.8)),
+    (1, 17, 1000, dict(kl_coef=0.5, log_ratio_clamp=5.0, kl_log_ratio_clamp=3.0, kl_value_clamp=None)),
+], ids=["defaults", "dual-clip", "tight-clamps"])
+def test_clamped_log_ratios_match_the_float64_reference(B, T, V, kw):
+    inp = planted(B, T, V, seed=B * T + V)
+    (_, stats, _), _ = check_fp32(inp, **kw)
+    unguarded = gold_loss(inp, **kw | dict(log_ratio_clamp=None, kl_log_ratio_clamp=None, kl_value_clamp=None))
+    bound = torch.exp(torch.tensor(kw.get("log_ratio_clamp", 20.0)))
+    assert stats["ratio"] < bound < 1e-10 * unguarded[1]["ratio"]  # the planted log-ratios are really clamped
+    assert 0 < stats["clip_frac"] < 1
+
+
+def test_without_the_guards_the_kernel_still_matches_where_fp32_can_hold_the_values():
+    """The guards off (None) compute the plain formulas; log-ratios of ±25 keep e^25 within fp32."""
+    inp = planted(2, 8, 64, seed=3, log_ratios=(25.0, -25.0, 15.0), kl_log_ratios=(25.0, -25.0, 3.0))
+    check_fp32(inp, kl_coef=0.3, log_ratio_clamp=None, kl_log_ratio_clamp=None, kl_value_clamp=None)
+
+
+def test_no_gradient_flows_through_a_binding_clamp():
+    """kl_coef 0: tokens whose log-ratio is clamped have exactly zero gradient rows (as torch.clamp gives), so the
+    gradient is that of the same batch with those tokens masked out (seq-mean-token-sum: the mask leaves the
+    denominator alone)."""
+    inp = planted(2, 6, 50, seed=4, log_ratios=(25.0, -25.0, 0.1), kl_log_ratios=())
+    kw = dict(kl_coef=0.0, loss_agg="seq-mean-token-sum")
+    (_, _, grad), (_, _, gold_grad) = check_fp32(inp, **kw)
+    logp = reference.token_logprobs(inp.logits.double(), inp.targets)
+    clamped = (logp - inp.old.double()).abs() > 20
+    assert int(clamped.sum()) == 2
+    assert (grad[clamped] == 0).all() and (gold_grad[clamped] == 0).all()
+    without = type(inp)(*inp.args()[:-1], inp.mask & ~clamped)
+    assert rel_err(grad, gold_loss(without, **kw)[2]) < FP32_TOL
+
+
+def test_bf16_logits_beyond_the_clamps():
+    """On bf16 logits the kernel equals the float64 reference of those rounded logits (its only error is fp32's)."""
+    inp = planted(3, 5, 300, seed=21, dtype=torch.bfloat16)
+    kw = dict(kl_coef=0.3, dual_clip=2.0)
+    low = inp.logits.to(torch.bfloat16)
+    got = run_loss(grpo_loss, inp, low, **kw)
+    gold = gold_loss(type(inp)(low.float(), *inp.args()[1:]), **kw)
+    assert got[2].dtype == torch.bfloat16
+    assert rel_err(got[0], gold[0], floor=1.0) < FP32_TOL
+    assert all(rel_err(got[1][k], gold[1][k], floor=1.0) < FP32_TOL for k in STAT_KEYS)
+    assert rel_err(got[2], gold[2]) < GRAD_STORE[torch.bfloat16]
+
+
 @pytest.mark.parametrize("dtype,temperature", [(torch.float32, 1.0), (torch.float32, 0.6), (torch.bfloat16, 1.0)])
 def test_token_logprobs(dtype, temperature):
     inp = make_inputs(3, 4, 517, seed=2)
@@ -200,6 +270,9 @@ def test_token_logprobs(dtype, temperature):
     (dict(temperature=0.0), "temperature=0.0"),
     (dict(normalizer=0.0), "normalizer=0.0"),
     (dict(norm_length=0), "norm_length=0"),
+    (dict(log_ratio_clamp=0.0), "log_ratio_clamp=0.0"),
+    (dict(kl_log_ratio_clamp=float("inf")), "kl_log_ratio_clamp=inf"),
+    (dict(kl_value_clamp=float("nan")), "kl_value_clamp=nan"),
 ])
 def test_bad_options_name_the_value(kw, needle):
     inp = make_inputs(1, 2, 8, seed=0)
