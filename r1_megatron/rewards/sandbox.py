@@ -72,8 +72,12 @@ _PATH = "/usr/local/bin:/usr/bin:/bin"
 _RUN_LOCK = threading.Lock()  # one run per process at a time: runs share the pid-derived uid
 # What every program needs from the OS inside its view: executables, shared libraries, the loader's cache.
 _SYSTEM_BINDS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc/ld.so.cache")
-_INTERPRETER_PROBE = ("import json, os, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, "
-                      "sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable)), sys.version]))")
+# The interpreter's prefixes and version, and where it would import this project from: a non-editable install
+# puts it (and its benchmark files, answers included) inside a bound prefix, where the view hides it.
+_INTERPRETER_PROBE = ("import importlib.util, json, os, sys; spec = importlib.util.find_spec('r1_megatron'); "
+                      "print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "
+                      "os.path.dirname(os.path.realpath(sys.executable)), "
+                      "spec and spec.origin and os.path.dirname(spec.origin), sys.version]))")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,28 +188,39 @@ def _run_python_of(config: SandboxConfig, uid: int | None) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _interpreter(exe: str) -> tuple[tuple[str, ...], str]:
-    """(the interpreter's prefixes, its version), asked of the interpreter itself once per process."""
+def _interpreter(exe: str) -> tuple[tuple[str, ...], str | None, str]:
+    """(the interpreter's prefixes, this project's package directory as it would import it (or None), its
+    version), asked of the interpreter itself once per process."""
     out = subprocess.run([exe, "-I", "-c", _INTERPRETER_PROBE], capture_output=True, text=True, timeout=60,
-                         env={"PATH": _PATH}, check=True).stdout
-    *prefixes, version = json.loads(out)
-    return tuple(os.path.realpath(p) for p in prefixes), version.split()[0]
+                         env={"PATH": _PATH}, check=True, cwd="/").stdout
+    *prefixes, package, version = json.loads(out)
+    return tuple(os.path.realpath(p) for p in prefixes), package and os.path.realpath(package), version.split()[0]
 
 
 def interpreter_info(config: SandboxConfig = SandboxConfig()) -> dict[str, Any]:
     """Which Python runs sandboxed programs on this machine: its path, version and the prefixes bound."""
     uid = sandbox_uid() if config.drop_privileges else None
     exe = _run_python_of(config, uid)
-    prefixes, version = _interpreter(exe)
+    prefixes, _, version = _interpreter(exe)
     return {"python": exe, "version": version, "prefixes": list(prefixes)}
+
+
+def _covered(path: str, roots: Sequence[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _hidden(exe: str, binds: Sequence[str]) -> list[str]:
+    """Paths inside the binds that the view covers with an empty directory: this project's package (source and
+    the benchmark files it ships, with their answers), when the interpreter has it installed."""
+    package = _interpreter(exe)[1]
+    return [package] if package and _covered(package, binds) else []
 
 
 def _binds(exe: str) -> list[str]:
     """Host paths bound into the view: the system's, then the interpreter's prefixes not already inside one."""
     chosen: list[str] = []
     for path in [*_SYSTEM_BINDS, *_interpreter(exe)[0]]:
-        covered = any(path == c or path.startswith(c.rstrip("/") + "/") for c in chosen)
-        if os.path.lexists(path) and not covered:
+        if os.path.lexists(path) and not _covered(path, chosen):
             chosen.append(path)
     return chosen
 
@@ -299,9 +314,10 @@ def run_python(source: str, *, stdin: bytes = b"", probes: Sequence[Probe] | Non
 
 def _bootstrap_config(root, work, uid, probes, config, cgroup) -> dict:
     exe = _run_python_of(config, uid)
+    binds = _binds(exe) if config.namespaces else []
     return {"root": root, "work": work, "uid": uid, "gid": uid, "rlimits": _rlimits(config, uid),
             "namespaces": config.namespaces, "mode": "stdio" if probes is None else "probe",
-            "parent_pid": os.getpid(), "python": exe, "binds": _binds(exe) if config.namespaces else [],
+            "parent_pid": os.getpid(), "python": exe, "binds": binds, "hide": _hidden(exe, binds),
             "disk_bytes": config.max_disk_bytes, "max_inodes": config.max_inodes,
             "cgroup_procs": cgroup.procs_files if cgroup else [],
             "cgroup_layers": [f"cgroup_{c}" for c in cgroup.controllers] if cgroup else []}

@@ -120,6 +120,8 @@ def _populate_view(cfg, view):
     scratch = f"size={cfg['disk_bytes']},nr_inodes={cfg['max_inodes']},mode=0700{owner}"
     ok = _mount("tmpfs", view + SCRATCH, MS_NOSUID | MS_NODEV, "tmpfs", scratch)
     ok &= all(_bind(path, view) for path in cfg["binds"])
+    for path in cfg["hide"]:  # an empty, read-only directory over it
+        ok &= _mount("tmpfs", view + path, MS_RDONLY | MS_NOSUID | MS_NODEV, "tmpfs", "size=4k,mode=0555")
     ok &= all(_bind(f"/dev/{name}", view) for name in _DEVICES)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):

@@ -29,7 +29,7 @@ def fenced(code: str) -> str:
 
 def attempt(body: str) -> str:
     """A program that runs ``body`` (which sets ``opened``) and prints OPEN when it got through."""
-    code = f"opened = False\ntry:\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    code = "opened = False\ntry:\n" + "".join(f"    {line}\n" for line in body.splitlines())
     code += "except Exception:\n    pass\nprint('OPEN' if opened else 'closed')\n"
     result = run_python(code)
     assert result.exit_code == 0, result.stderr_head
@@ -175,27 +175,53 @@ def test_a_mixed_batch_is_scored_whole_and_leaves_nothing_behind():
     assert _sandbox_leftovers() == ([], [], [])
 
 
-def test_the_interpreter_is_declared_and_a_recipe_can_choose_one():
+@pytest.fixture
+def code_env():
+    """A fresh world-readable virtualenv (from the system Python) and its site-packages directory."""
+    base = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else interpreter_info()["python"]
+    env = tempfile.mkdtemp(prefix="r1_adv_env_")
+    os.chmod(env, 0o755)
+    subprocess.run([base, "-m", "venv", "--without-pip", env], check=True)
+    python = os.path.join(env, "bin", "python")
+    site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    yield python, site
+    shutil.rmtree(env)
+
+
+def _install(site: str, relative: str, text: str) -> None:
+    path = os.path.join(site, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    subprocess.run(["chmod", "-R", "a+rX", site], check=True)
+
+
+def test_the_interpreter_is_declared_and_a_recipe_can_choose_one(code_env):
     """``interpreter_info`` names the Python that runs programs; ``code_tests(python=...)`` picks another, whose
     installed packages (here a stand-in for numpy in a fresh virtualenv) import inside the view."""
     info = interpreter_info()
     assert os.path.isabs(info["python"]) and info["version"].count(".") == 2
-    base = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else info["python"]
-    env = tempfile.mkdtemp(prefix="r1_adv_env_")
-    try:
-        os.chmod(env, 0o755)
-        subprocess.run([base, "-m", "venv", "--without-pip", env], check=True)
-        site = subprocess.run([os.path.join(env, "bin", "python"), "-c", "import site; print(site.getsitepackages()[0])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        with open(os.path.join(site, "r1_adv_numeric.py"), "w") as f:
-            f.write("def square(x):\n    return x * x\n")
-        os.chmod(os.path.join(site, "r1_adv_numeric.py"), 0o644)
-        program = fenced("from r1_adv_numeric import square\nprint(square(int(input())))")
-        tests = [{"input": "7", "output": "49"}]
-        assert code_tests(program, tests) == 0.0  # not installed for the default interpreter
-        assert code_tests(program, tests, python=os.path.join(env, "bin", "python")) == 1.0
-    finally:
-        shutil.rmtree(env)
+    python, site = code_env
+    _install(site, "r1_adv_numeric.py", "def square(x):\n    return x * x\n")
+    program = fenced("from r1_adv_numeric import square\nprint(square(int(input())))")
+    tests = [{"input": "7", "output": "49"}]
+    assert code_tests(program, tests) == 0.0  # not installed for the default interpreter
+    assert code_tests(program, tests, python=python) == 1.0
+
+
+@needs_view
+def test_an_installed_copy_of_this_project_is_hidden(code_env):
+    """A non-editable install puts r1_megatron, with the benchmark files it ships (answers included), inside the
+    interpreter's prefix: the view covers it with an empty directory."""
+    python, site = code_env
+    _install(site, "r1_megatron/__init__.py", "")
+    _install(site, "r1_megatron/evaluation/data/answers.csv", "question,answer\nq,SECRET_ANSWER\n")
+    reader = ("import glob\nopened = any('SECRET_ANSWER' in open(p).read() for p in "
+              f"glob.glob({site!r} + '/**/*.csv', recursive=True))")
+    code = f"opened = False\ntry:\n    import r1_megatron\n    opened = True\nexcept ImportError:\n    pass\n{reader}\n"
+    result = run_python(code + "print('OPEN' if opened else 'closed')", config=SandboxConfig(python=python))
+    assert result.stdout == b"closed\n", result.stderr_head
 
 
 def test_a_missing_interpreter_is_a_clear_error():
