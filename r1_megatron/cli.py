@@ -195,6 +195,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 def main(argv: list[str] | None = None) -> int:
     warning_filters.install()  # before any command imports megatron-core, which warns at import time
     from r1_megatron.grpo.reward_health import RewardFailure  # light: no torch
+    from r1_megatron.training.run_stop import RunStopped  # light too
 
     parser = build_parser()
     args = parse_arguments(parser, argv)
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[args.command].run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RewardFailure) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, RewardFailure, RunStopped) as exc:
         print(f"r1-megatron {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -4,8 +4,8 @@
     (run_dir / "config.yaml").write_text(dump_run_config(cfg))      # loads back to an equal config
 
 The dataclass tree is built from the type hints (nested and frozen dataclasses, `X | None`, `list[X]`, `tuple[X, ...]`,
-`dict[K, V]`, enums by value, `Any`); values are checked strictly (an int field refuses 2.0, "2" and true) so a
-typo fails here, not hours into a run. Every problem is one `ConfigError` line naming where it came from
+`dict[K, V]`, enums by value, `Any`); values are checked strictly (an int field refuses 2.0, "2" and true; a float
+field refuses .inf and .nan) so a typo fails here, not hours into a run. Every problem is one `ConfigError` line naming where it came from
 (`recipe.yaml:12`, or `command line`) and the dotted key.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import os
 import re
 import types
@@ -260,14 +261,28 @@ class _Builder:
             self.fail(key, f"{_dotted(key)}: expected one of {allowed}, got {_show(value)}")
 
     def scalar(self, tp: type, value, key: Key):
-        if tp is float and isinstance(value, str) and _NUMERAL.fullmatch(value.strip()):
-            return float(value)
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+        if tp is float:
+            return self.finite_float(value, key)
         if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
             return value
         hint = " (quote it to pass a string)" if tp is str and value is not None else ""
         self.fail(key, f"{_dotted(key)}: expected {tp.__name__}, got {_show(value)}{hint}")
+
+    def finite_float(self, value, key: Key) -> float:
+        """Every float of every section must be finite: no field reads .inf as "no limit" (that is 0 or null
+        where a limit can be off), and an inf or NaN that slipped through would switch a safety off
+        (optimizer.clip_grad=.inf, rewards.timeout_s=.inf) or wreck the run (optimizer.lr=.inf)."""
+        if isinstance(value, str) and _NUMERAL.fullmatch(value.strip()):
+            value = float(value)  # 1e999 (a string in YAML 1.1) is inf here
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer literal beyond float's range
+                number = math.inf
+            if math.isfinite(number):
+                return number
+            self.fail(key, f"{_dotted(key)}: expected a finite float, got {number}")
+        self.fail(key, f"{_dotted(key)}: expected float, got {_show(value)}")
 
 
 # ---- messages ------------------------------------------------------------------------------------------------

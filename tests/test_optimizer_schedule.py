@@ -38,6 +38,11 @@ def test_constant_after_warmup():
     (dict(lr=1e-3, min_lr=1e-2), r"min_lr must be in \[0, lr=0.001\], got 0.01"),
     (dict(decay="cosine", warmup_steps=5, decay_steps=5), "decay_steps=5 must exceed warmup_steps=5"),
     (dict(decay="exponential"), "'exponential' is not a valid LRDecay"),
+    (dict(adam_beta2=1.0), r"adam_beta2 must be in \[0, 1\), got 1.0"),
+    (dict(adam_beta1=-0.1), r"adam_beta1 must be in \[0, 1\), got -0.1"),
+    (dict(adam_eps=0.0), "adam_eps=0.0 must be > 0"),
+    (dict(weight_decay=-1e-2), "weight_decay=-0.01 >= 0"),
+    (dict(max_consecutive_skips=-1), r"max_consecutive_skips must be an integer >= 0 \(0: never stop\), got -1"),
 ])
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -414,6 +414,12 @@ def test_generic_schema_errors(tmp_path):
         "command line: either: expected int or str, got [1]"
     assert config_error(path, ["inner.size=1", "table.a=[true]"], cls=Outer) == \
         "command line: table.a[0]: expected float, got True"
+    # every float must be finite, wherever it sits: a field, a dict value, a list item; an integer literal beyond
+    # float's range is inf too
+    assert config_error(path, ["inner.size=1", "table.a=[1.0, .nan]"], cls=Outer) == \
+        "command line: table.a[1]: expected a finite float, got nan"
+    assert config_error(path, ["inner.size=1", f"inner.scale=1{'0' * 400}"], cls=Outer) == \
+        "command line: inner.scale: expected a finite float, got inf"
     assert config_error(path, ["inner.size=1000"], cls=Outer) == \
         "command line: Outer: inner.size must be <= 100, got 1000"
     assert config_error(path, ["inner.sise=1"], cls=Outer) == \

@@ -211,6 +211,7 @@ class GRPOTrainer:
             for i, mini in enumerate(minis):
                 on_policy = epoch == 0 and i == 0 and not self.cfg.algorithm.recompute_old_logprobs
                 result = train_step(self.ddp, self.optimizer, self.scheduler, mini, self._loss_fn(stats, on_policy))
+                self.run.guard.record(result)  # a non-finite update is skipped, counted, and may stop the run
                 stats.add("loss/total", result.loss)  # clipped surrogate + β·KL, as optimised
                 stats.add("grad_norm", result.grad_norm)
                 stats.add("lr", result.lr)

@@ -71,6 +71,7 @@ class SFTTrainer:
                 share = self.data.next_batch(t.batch_size)[run.dp_rank::run.dp_size]
                 result = sft_step(self.policy, self.optimizer, self.scheduler, share, self.batching,
                                   self.tokenizer.pad_token_id, self.device)
+                run.guard.record(result.step)  # a non-finite update is skipped, counted, and may stop the run
                 run.step += 1
                 record = self.step_metrics(result, time.perf_counter() - started)
                 if self._validation_due():

@@ -26,7 +26,9 @@ import torch.distributed as dist
 
 from r1_megatron import warning_filters
 from r1_megatron.atomic_file import write_text_atomically
-from r1_megatron.runtime import ParallelConfig, current_parallel_config
+from r1_megatron.runtime import ParallelConfig, current_parallel_config, world_max
+from r1_megatron.training.checkpoint_safety import (CheckpointRefused, check_finite, check_space, no_space,
+                                                    ran_out_of_space, state_bytes, tree_bytes)
 from r1_megatron.training.step import unwrap
 
 log = logging.getLogger(__name__)
@@ -190,31 +192,27 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, schedu
     Written under a partial name and renamed into place only when every rank has finished; `latest` moves last.
     The model's config and dtype (and `tokenizer_dir`, the run's tokenizer) are recorded so that
     `r1-megatron export` can rebuild the model, and find its tokenizer, on its own.
+    Refused (CheckpointRefused, nothing written, the previous checkpoint and `latest` intact) when a weight is
+    NaN/Inf or the disk has no room; a write that fails part-way is removed, and a failure for want of space says
+    so in one line.
     """
-    from megatron.core import dist_checkpointing
-
     root = Path(root)
     final, partial = root / _step_name(step), root / f"{_PARTIAL}{_step_name(step)}"
+    what = f"checkpoint {final}"
+    check_finite({"model": unwrap(model), **{name: unwrap(m) for name, m in (extra_models or {}).items()}}, what)
     if dist.get_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(f"{_PARTIAL}*"):
             log.warning("removing partial checkpoint %s left by an interrupted save", stale)
             shutil.rmtree(stale, ignore_errors=True)
+    _barrier()
+    state = _sharded_state(model, optimizer, with_rng=True, extra_models=extra_models)[0]
+    needed = state_bytes(leaf for _, leaf in _leaves(state))
+    check_space(root, needed, what)
+    if dist.get_rank() == 0:
         partial.mkdir()
     _barrier()
-    dist_checkpointing.save(_sharded_state(model, optimizer, with_rng=True, extra_models=extra_models)[0],
-                            str(partial))
-    if dist.get_rank() == 0:
-        layout = current_parallel_config()
-        core = unwrap(model)
-        meta = {"step": step, "scheduler": scheduler.state_dict(), "user_state": user_state or {},
-                "layout": asdict(layout) if layout else {}, "world_size": dist.get_world_size(),
-                "model_config": core.model_config.to_dict(),
-                "dtype": str(core.config.params_dtype).removeprefix("torch.")}
-        if tokenizer_dir is not None:
-            meta["tokenizer_dir"] = _recorded_tokenizer_dir(tokenizer_dir, final)
-        (partial / _META).write_text(json.dumps(meta, default=str))
-    _barrier()
+    _write(partial, state, lambda: _meta(step, final, model, scheduler, user_state, tokenizer_dir), needed, what)
     if dist.get_rank() == 0:
         if final.exists():
             shutil.rmtree(final)
@@ -222,6 +220,47 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, schedu
         write_text_atomically(root / "latest", final.name)
     _barrier()
     return final
+
+
+def _meta(step: int, final: Path, model, scheduler, user_state, tokenizer_dir) -> dict:
+    layout = current_parallel_config()
+    core = unwrap(model)
+    meta = {"step": step, "scheduler": scheduler.state_dict(), "user_state": user_state or {},
+            "layout": asdict(layout) if layout else {}, "world_size": dist.get_world_size(),
+            "model_config": core.model_config.to_dict(),
+            "dtype": str(core.config.params_dtype).removeprefix("torch.")}
+    if tokenizer_dir is not None:
+        meta["tokenizer_dir"] = _recorded_tokenizer_dir(tokenizer_dir, final)
+    return meta
+
+
+def _write(partial: Path, state: dict, meta, needed: int, what: str) -> None:
+    """dist_checkpointing's files, then rank 0's r1_meta.json, into `partial`. When any rank fails, every rank
+    raises after rank 0 removed `partial`: CheckpointRefused when the disk is full, else the failure itself."""
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: every rank's write errors
+
+    failure: BaseException | None = None
+    try:
+        dist_checkpointing.save(state, str(partial))
+        if dist.get_rank() == 0:
+            (partial / _META).write_text(json.dumps(meta(), default=str))
+    except (Exception, CheckpointException) as e:  # re-raised below, once every rank knows and the partial is gone
+        failure = e
+    if not world_max(int(failure is not None)):
+        _barrier()
+        return
+    full = ran_out_of_space(failure, partial.parent, needed - tree_bytes(partial))
+    free = shutil.disk_usage(partial.parent).free  # before the partial files are removed
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    _barrier()
+    kept = "the partial checkpoint was removed; the previous checkpoint and `latest` are intact"
+    if full:
+        raise CheckpointRefused(f"{what}: {no_space(partial.parent, needed, free)}; {kept}") from failure
+    if failure is None:
+        raise CheckpointRefused(f"{what}: the save failed on another rank; {kept}")
+    raise failure
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,9 @@ class LRDecay(str, enum.Enum):
 
 @dataclass
 class OptimizerSettings:
-    """Adam + linear warmup + decay. R1-Zero: lr 3e-6 (constant after warmup in DeepSeek's reports)."""
+    """Adam + linear warmup + decay. R1-Zero: lr 3e-6 (constant after warmup in DeepSeek's reports).
+    max_consecutive_skips: an update whose loss or gradient norm is NaN/Inf is skipped (training/step.py); after
+    this many steps in a row with a skipped update the run stops (0: never)."""
 
     lr: float = 3e-6
     min_lr: float = 0.0
@@ -29,9 +32,28 @@ class OptimizerSettings:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     distributed_optimizer: bool = False  # shard optimizer state over data-parallel ranks (ZeRO-1)
+    max_consecutive_skips: int = 3
 
     def __post_init__(self):
         self.decay = LRDecay(self.decay)
+        for f in dataclasses.fields(self):  # inf would switch a safety off (clip_grad) or diverge at once (lr)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"OptimizerSettings.{f.name} must be finite, got {value}")
+        self._check_schedule()
+        if self.clip_grad < 0:
+            raise ValueError(f"OptimizerSettings.clip_grad must be >= 0 (0 = off), got {self.clip_grad}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"OptimizerSettings.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.adam_eps > 0 or self.weight_decay < 0:
+            raise ValueError(f"OptimizerSettings: adam_eps={self.adam_eps} must be > 0 and weight_decay="
+                             f"{self.weight_decay} >= 0")
+        if not isinstance(self.max_consecutive_skips, int) or self.max_consecutive_skips < 0:
+            raise ValueError(f"OptimizerSettings.max_consecutive_skips must be an integer >= 0 (0: never stop), got "
+                             f"{self.max_consecutive_skips!r}")
+
+    def _check_schedule(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"OptimizerSettings.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
@@ -42,9 +64,6 @@ class OptimizerSettings:
         if self.decay is not LRDecay.CONSTANT and 0 < self.decay_steps <= self.warmup_steps:
             raise ValueError(f"OptimizerSettings.decay_steps={self.decay_steps} must exceed warmup_steps="
                              f"{self.warmup_steps} for {self.decay.value} decay")
-        if self.clip_grad < 0:
-            raise ValueError(f"OptimizerSettings.clip_grad must be >= 0 (0 = off), got {self.clip_grad}")
-
 
     def for_run(self, total_steps: int) -> "OptimizerSettings":
         """These settings with decay_steps 0 resolved to the run's `total_steps` (decay over the whole run)."""

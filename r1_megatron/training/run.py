@@ -14,6 +14,11 @@ finishes it; `run_command` is what `r1-megatron train <algorithm>` calls.
 
 A checkpoint holds the policy, the optimizer and LR schedule, the tracked components' states (each under its
 name) and the tracked extra models (e.g. GRPO's reference); nothing is assembled by hand per command.
+
+Divergence: train_step skips an update whose loss or gradient norm is not finite; the trainer hands each step's
+results to `run.guard.record(result)`, the loop logs `train/skipped_updates`, warns, and stops the run after
+`optimizer.max_consecutive_skips` such steps in a row (training/update_guard.py). Checkpoints refuse non-finite
+weights and a full disk (training/checkpoint_safety.py).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from r1_megatron.training.preemption import stop_on_sigterm
 from r1_megatron.training.progress import Progress
 from r1_megatron.training.run_sections import RunConfig
 from r1_megatron.training.step import build_ddp, unwrap
+from r1_megatron.training.update_guard import SKIPPED_METRIC, UpdateGuard
 
 
 class Stateful(Protocol):
@@ -63,6 +69,8 @@ class Run:
         self.tokenizer_dir: str | None = None  # recorded in checkpoints and copied into the HF export
         self._components: dict[str, Stateful] = {}
         self._extra_models: dict[str, object] = {}
+        self.guard = UpdateGuard(cfg.optimizer.max_consecutive_skips)  # record(train_step's result) per update
+        self.track("update_guard", self.guard)
 
     # ------------------------------------------------------------------------------------------- building
 
@@ -187,15 +195,21 @@ class Loop:
             self.metrics.log(0, record)
 
     def end_step(self, record: dict[str, float], samples: list[dict] | None = None) -> None:
-        """Log step `run.step` (metrics.jsonl, TensorBoard, progress), run the checks, then checkpoint when due,
-        at the end, or when any rank got SIGTERM (agreed by one collective, so all ranks stop after this step)."""
+        """Log step `run.step` (metrics.jsonl, TensorBoard, progress) with the skipped-update count, run the
+        checks, stop a diverged run (before any checkpoint of this step), then checkpoint when due, at the end, or
+        when any rank got SIGTERM (agreed by one collective, so all ranks stop after this step)."""
         run = self.run
+        warning = run.guard.end_step(run.step)
+        record = {**record, SKIPPED_METRIC: float(run.guard.skipped_updates)}
         self.metrics.log(run.step, record)
         if samples is not None:
             self.metrics.log_samples(run.step, samples)
         self.progress.update(run.step, record)
+        if warning:
+            run.say(warning)
         for check in self.checks:
             check(run.step, record)
+        run.guard.check(lambda: latest_checkpoint(run.checkpoints))
         self.stopped = self.stop.agreed()
         if self.stopped or run.step == self.total_steps or run.checkpoint_due():
             run.save()

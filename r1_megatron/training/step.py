@@ -4,14 +4,19 @@ Loss normalisation is global: a loss function returns (sum over its units, unit 
 sums the gradients over micro-batches and data-parallel ranks (`calculate_per_token_loss`) and finalize_model_grads
 divides by the unit count of the whole global batch. So the same data gives the same gradient whatever the
 micro-batch count and the data-parallel size.
+
+A step whose loss or gradient norm is not finite (on any rank) changes nothing: Megatron checks for NaN/Inf only
+under fp16's loss scaler, and for the others (fp32, bf16) clipping by a NaN norm writes NaN into every weight.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from r1_megatron.runtime import world_max
 from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.model_forward import model_forward, schedule_shape
 
@@ -53,9 +58,10 @@ def connect_schedule(ddp_model, optimizer) -> None:
 class StepResult:
     loss: float  # global (all micro-batches, all DP ranks) loss sum / unit count
     units: int  # the global unit count (tokens, sequences, ...) the loss function reported
-    grad_norm: float
+    grad_norm: float  # global; inf when fp16's loss scaler found an overflow
     lr: float
-    updated: bool  # False when the optimizer skipped the step (non-finite gradients)
+    updated: bool  # False when the update was skipped: a non-finite loss/gradient, or an fp16 overflow
+    nonfinite: bool = False  # skipped because the loss or the gradient norm was NaN/Inf (a divergence)
 
 
 def _check_micro_batches(micro_batches: list[MicroBatch]) -> tuple[int, int]:
@@ -125,14 +131,37 @@ def loss_only(ddp_model, micro_batches: list[MicroBatch], loss_fn: LossFn) -> tu
 
 def train_step(ddp_model, optimizer, scheduler, micro_batches: list[MicroBatch], loss_fn: LossFn) -> StepResult:
     """Forward/backward over `micro_batches` (this data-parallel rank's share of the global batch, all of one
-    [B, T] shape) and one optimizer + LR-scheduler step."""
+    [B, T] shape) and one optimizer + LR-scheduler step; skipped when the loss or gradients are not finite."""
     ddp_model.train()
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
     records = _run_schedule(ddp_model, micro_batches, loss_fn, forward_only=False)
-    updated, grad_norm, _ = optimizer.step()
+    loss, units = _global_loss(records)
+    updated, nonfinite, grad_norm = guarded_update(optimizer, loss)
     if updated:
         scheduler.step(increment=1)
-    loss, units = _global_loss(records)
-    return StepResult(loss=loss, units=units, grad_norm=float(grad_norm or 0.0),
-                      lr=optimizer.param_groups[0]["lr"], updated=bool(updated))
+    return StepResult(loss=loss, units=units, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"],
+                      updated=updated, nonfinite=nonfinite)
+
+
+@torch.no_grad()
+def guarded_update(optimizer, loss: float) -> tuple[bool, bool, float]:
+    """(updated, nonfinite, grad norm): Megatron's `optimizer.step()` taken apart (prepare_grads, the global grad
+    norm, clipping by it, step_with_ready_grads) with the update made only when the global `loss` and the norm
+    are finite on every rank. A skipped update leaves weights and optimizer state as they were (the caller
+    leaves the LR schedule too). An fp16 overflow (the loss scaler backs off) is skipped but not `nonfinite`."""
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    overflow = bool(optimizer.prepare_grads())  # fp16: unscale, check over the grad-stats group, adjust the scale
+    grad_norm = math.inf if overflow else float(optimizer.get_grad_norm())  # over TP/PP/EP (and DP if sharded)
+    # one answer on every rank, whatever group a NaN showed up in: all must take the same branch (the update's own
+    # collectives, replicas that stay identical)
+    nonfinite = bool(world_max(int(not math.isfinite(loss) or not (overflow or math.isfinite(grad_norm)))))
+    if overflow or nonfinite:
+        return False, nonfinite, grad_norm
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):  # as ChainedOptimizer.step clips
+        params = [] if getattr(inner, "is_stub_optimizer", False) else inner.get_parameters()
+        if params and inner.config.clip_grad > 0:
+            clip_grad_by_total_norm_fp32(params, inner.config.clip_grad, grad_norm,
+                                         inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return bool(optimizer.step_with_ready_grads()), False, grad_norm

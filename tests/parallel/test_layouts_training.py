@@ -52,6 +52,15 @@ def test_one_step_is_layout_independent(train_results):
         assert losses[0] > losses[1] > losses[2], losses
 
 
+def test_a_loss_nan_on_one_rank_skips_the_update_on_every_rank(train_results):
+    """training/step.py: the loss and gradient norm are checked over all ranks (here rank 1's loss only is NaN; at
+    TP2 rank 0's own loss is finite), so every rank skips the update together and keeps its weights."""
+    for rank, result in enumerate(train_results):
+        for case in ("tp2ep2_bf16", "dp2"):
+            assert result[f"nan_on_rank_1/{case}"] == {"updated": False, "nonfinite": True, "unchanged": True}, \
+                (rank, case)
+
+
 def test_packed_loss_and_gradients_are_layout_independent(workdir, train_results):
     """Packed rows (3 conversations each, block-diagonal attention, positions restarting) at TP2 (sequence
     parallel, T padded 23 -> 24), PP2 and EP2 (with DP2): the single process's loss and every gradient."""

@@ -61,12 +61,20 @@ def test_crash_during_save_keeps_previous_checkpoint(ckpt_dir, tmp_path, monkeyp
     trainer = _trainer(ckpt_dir)
     good = save_checkpoint(tmp_path / "run", 1, *trainer, user_state={"next_step": 1})
 
-    def crash_midway(state, directory, *args, **kwargs):
-        (directory and open(os.path.join(directory, "half-written.distcp"), "w").write("x"))
-        raise RuntimeError("node lost power")
+    def fail_midway(error):
+        def save(state, directory, *args, **kwargs):
+            (directory and open(os.path.join(directory, "half-written.distcp"), "w").write("x"))
+            raise error
+        return save
 
-    monkeypatch.setattr(dist_checkpointing, "save", crash_midway)
-    with pytest.raises(RuntimeError, match="node lost power"):
+    # a write that fails with an error: its partial files are removed and the error raised
+    monkeypatch.setattr(dist_checkpointing, "save", fail_midway(RuntimeError("bad sector")))
+    with pytest.raises(RuntimeError, match="bad sector"):
+        save_checkpoint(tmp_path / "run", 2, *trainer, user_state={"next_step": 2})
+    assert not list((tmp_path / "run").glob(".partial-*")) and latest_checkpoint(tmp_path / "run") == good
+    # a process that dies mid-save (SystemExit stands for the power cut: nothing after it runs) leaves them
+    monkeypatch.setattr(dist_checkpointing, "save", fail_midway(SystemExit("node lost power")))
+    with pytest.raises(SystemExit, match="node lost power"):
         save_checkpoint(tmp_path / "run", 2, *trainer, user_state={"next_step": 2})
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING):

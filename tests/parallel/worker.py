@@ -145,7 +145,27 @@ def train_scenario(workdir: Path, runs: str) -> dict:
     initialize(**LAYOUTS["tp2ep2"])
     trainer = tf.setup(workdir / "ckpt", dtype=torch.bfloat16, distributed_optimizer=True)
     out["bf16_losses"] = [tf.step(trainer, 0, *_dp()).loss for _ in range(3)]
+    out["nan_on_rank_1/tp2ep2_bf16"] = _nan_on_rank_1(trainer)
+    initialize(**LAYOUTS["dp2"])
+    out["nan_on_rank_1/dp2"] = _nan_on_rank_1(tf.setup(workdir / "ckpt"))
     return out
+
+
+def _nan_on_rank_1(trainer) -> dict:
+    """A step whose loss is NaN on global rank 1 only: every rank must skip the update and keep its weights."""
+    from r1_megatron.training.losses import next_token_cross_entropy
+    from r1_megatron.training.step import train_step
+
+    def loss_fn(logits_BTV, batch):
+        loss_sum, units = next_token_cross_entropy(logits_BTV, batch)
+        return loss_sum * float("nan") if RANK == 1 else loss_sum, units
+
+    ddp = trainer[0]
+    before = {name: p.detach().clone() for name, p in unwrap(ddp).named_parameters()}
+    batches = tf.micro_batches(tf.global_batch(5, unwrap(ddp).model_config.vocab_size), *_dp(), 2)
+    result = train_step(*trainer, batches, loss_fn)
+    return {"updated": result.updated, "nonfinite": result.nonfinite,
+            "unchanged": all(torch.equal(before[name], p) for name, p in unwrap(ddp).named_parameters())}
 
 
 def save_scenario(workdir: Path, layout: str) -> dict:
