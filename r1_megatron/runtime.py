@@ -157,6 +157,14 @@ def world_gloo_group():
     return _WORLD_GLOO
 
 
+def collective_device(group=None) -> torch.device:
+    """Where a tensor must live for a collective over `group`: NCCL reduces only GPU tensors (a CPU tensor fails
+    there), gloo host tensors."""
+    if dist.is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def world_max(value: int) -> int:
     """The largest `value` over all ranks (collective: every rank calls it); `value` itself in one process."""
     t = torch.tensor([value])

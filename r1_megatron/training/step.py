@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from r1_megatron.runtime import world_max
+from r1_megatron.runtime import collective_device, world_max
 from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.model_forward import model_forward, schedule_shape
 
@@ -77,10 +77,11 @@ def _global_loss(records: list[dict]) -> tuple[float, int]:
     """Σ loss / Σ units over this step's micro-batches and data-parallel ranks, known on every rank."""
     from megatron.core import parallel_state
 
-    totals = torch.zeros(2, dtype=torch.float64)
+    group = parallel_state.get_data_parallel_group()
+    totals = torch.zeros(2, dtype=torch.float64, device=collective_device(group))
     for record in records:  # filled on the last pipeline stage only
-        totals += torch.stack([record["loss_sum"].double().cpu(), record["units"].double().cpu()])
-    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        totals += torch.stack([record["loss_sum"].double(), record["units"].double()]).to(totals.device)
+    torch.distributed.all_reduce(totals, group=group)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         torch.distributed.broadcast(totals, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                                     group=parallel_state.get_pipeline_model_parallel_group())

@@ -6,6 +6,8 @@ import collections
 import torch
 import torch.distributed as dist
 
+from r1_megatron.runtime import collective_device
+
 
 class StepStats:
     """mean(name) = Σ value·weight / Σ weight, max(name) and total(name) = Σ value over all data-parallel ranks."""
@@ -35,9 +37,10 @@ class StepStats:
         same on every rank (add a 0-weight entry when a rank has nothing)."""
         names, max_names = sorted(self.sums), sorted(self.maxima)
         total_names = sorted(self.totals)
+        device = collective_device(group) if group is not None else None
         sums = torch.tensor([self.sums[n] for n in names] + [self.weights[n] for n in names] +
-                            [self.totals[n] for n in total_names], dtype=torch.float64)
-        maxima = torch.tensor([self.maxima[n] for n in max_names], dtype=torch.float64)
+                            [self.totals[n] for n in total_names], dtype=torch.float64, device=device)
+        maxima = torch.tensor([self.maxima[n] for n in max_names], dtype=torch.float64, device=device)
         if group is not None and dist.get_world_size(group) > 1:
             dist.all_reduce(sums, group=group)
             dist.all_reduce(maxima, dist.ReduceOp.MAX, group=group)
