@@ -10,6 +10,13 @@ while this process woke up). The worker stamps the start of each sample of its c
 deadline is still per sample and a kill blames the one sample that was running; it sends results when the
 chunk ends and at least every ``reward_worker.FLUSH_S``, so a kill mid-chunk loses at most that much work:
 the killed chunk's unreported samples, other than the blamed one, go back to the queue and are scored again.
+
+The per-sample limit ``timeout_s`` is CPU time of the scoring work (the worker's user + system time and that of
+its reaped children, such as the code sandbox's programs, from /proc/<pid>/stat), so a correct answer scores
+the same on a quiet and on a loaded machine. A sample that waits rather than computes is stopped by the wall
+backstop ``wall_timeout_s``; one that reaches it within its CPU budget may have been starved, not stuck, and is
+scored once more on another worker (counted in ``reward/retries``), then it is a timeout. Without /proc
+(macOS) the CPU time cannot be read from outside and ``timeout_s`` is wall time.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import dataclasses
 import importlib
 import math
 import multiprocessing
+import os
 import time
 from multiprocessing.connection import wait
 from typing import Any, Mapping, Sequence
@@ -28,17 +36,22 @@ from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
 _WORKER_MODULE = "r1_megatron.rewards.reward_worker"
 CHUNK_CHARS = 1 << 20  # completion text per message; a chunk holds at least one sample, however long
+WALL_TIMEOUT_FACTOR = 3.0  # default wall backstop, in units of timeout_s
+OUT_OF_MEMORY_EXIT = 86  # a worker's exit status after a MemoryError (reward_worker.py)
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")  # resolution of /proc's CPU times; also the shortest CPU re-check
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
     """Weighted sum of named rewards (see ``registry.py``), computed by ``num_workers`` processes.
 
-    Default = R1: math accuracy and format, equal weight. ``timeout_s`` is the hard per-sample limit;
-    ``startup_timeout_s`` bounds worker start-up (imports), which is not charged to any sample.
-    ``spare_workers`` idle, started workers wait to replace a killed one at once. ``chunk_size``: at most
-    this many samples (and about ``CHUNK_CHARS`` of completion text, which bounds a message's memory) go to a
-    worker in one message.
+    Default = R1: math accuracy and format, equal weight. ``timeout_s`` is the hard per-sample limit, in CPU
+    seconds of the scoring work; ``wall_timeout_s`` (None: ``WALL_TIMEOUT_FACTOR`` × ``timeout_s``) the wall
+    backstop for a sample that waits (see the module docstring). ``startup_timeout_s`` bounds worker start-up
+    (imports), which is not charged to any sample. ``worker_memory_bytes``: each worker's address-space limit
+    (RLIMIT_AS; a reward that passes it is a crash). ``spare_workers`` idle, started workers wait to replace a
+    killed one at once. ``chunk_size``: at most this many samples (and about ``CHUNK_CHARS`` of completion text,
+    which bounds a message's memory) go to a worker in one message.
     """
 
     weights: Mapping[str, float] = dataclasses.field(
@@ -47,7 +60,11 @@ class RewardConfig:
     num_workers: int = 2
     spare_workers: int = 1
     timeout_s: float = 10.0
+    wall_timeout_s: float | None = None
     startup_timeout_s: float = 120.0
+    # A worker's own address space is ~65 MB (Python, sympy, math-verify); 4 GiB leaves room for big sympy
+    # work and for plugins that import numpy or a CPU torch (~0.7 GB), and stops a runaway long before the node.
+    worker_memory_bytes: int = 4 << 30
     chunk_size: int = 16
     plugin_modules: tuple[str, ...] = ()
     start_method: str = "forkserver"
@@ -70,12 +87,27 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.chunk_size must be >= 1, got {self.chunk_size!r}")
         if self.spare_workers < 0:
             raise ValueError(f"RewardConfig.spare_workers must be >= 0, got {self.spare_workers!r}")
-        if not self.timeout_s > 0 or not self.startup_timeout_s > 0:
-            raise ValueError(f"RewardConfig timeouts must be > 0, got timeout_s={self.timeout_s!r}, "
-                             f"startup_timeout_s={self.startup_timeout_s!r}")
+        # inf would switch a limit off: these are the guarantees that a step ends
+        limits = {"timeout_s": self.timeout_s, "startup_timeout_s": self.startup_timeout_s}
+        if self.wall_timeout_s is not None:
+            limits["wall_timeout_s"] = self.wall_timeout_s
+        for name, value in limits.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"RewardConfig.{name} must be a finite number of seconds > 0, got {value!r}")
+        if self.wall_limit_s < self.timeout_s:
+            raise ValueError(f"RewardConfig.wall_timeout_s must be >= timeout_s={self.timeout_s!r} (a sample on "
+                             f"one thread uses at most a CPU second per second), got {self.wall_timeout_s!r}")
+        if not (isinstance(self.worker_memory_bytes, int) and self.worker_memory_bytes > 0):
+            raise ValueError(f"RewardConfig.worker_memory_bytes must be a whole number of bytes > 0, "
+                             f"got {self.worker_memory_bytes!r}")
         if self.start_method not in ("forkserver", "spawn"):
             raise ValueError(f"RewardConfig.start_method must be 'forkserver' or 'spawn' (never fork from a "
                              f"threaded trainer), got {self.start_method!r}")
+
+    @property
+    def wall_limit_s(self) -> float:
+        """The wall backstop per sample: ``wall_timeout_s``, or ``WALL_TIMEOUT_FACTOR`` × ``timeout_s``."""
+        return self.wall_timeout_s if self.wall_timeout_s is not None else WALL_TIMEOUT_FACTOR * self.timeout_s
 
     @classmethod
     def r1(cls, language_consistency_weight: float = 0.0, target_language: str = "en", **kwargs) -> "RewardConfig":
@@ -92,20 +124,22 @@ class RewardConfig:
 class RewardBatch:
     """Scores of one batch. ``failure[i]`` is None, "timeout", "crash" (worker died) or "error" (a reward
     raised; that reward scored 0.0, the others count). ``errors[i]`` says what happened to a failed sample:
-    "<reward names>: <one-line summary>", then for an error the worker's traceback on further lines."""
+    "<reward names>: <one-line summary>", then for an error the worker's traceback on further lines.
+    ``retries``: samples scored a second time after reaching the wall backstop within their CPU budget."""
 
     total: list[float]
     per_reward: dict[str, list[float]]
     failure: list[str | None]
     wall_s: float
     errors: list[str | None] = dataclasses.field(default_factory=list)
+    retries: int = 0
 
     def metrics(self) -> dict[str, float]:
         counts = collections.Counter(self.failure)
         out = {f"reward/{name}_mean": sum(v) / max(len(v), 1) for name, v in self.per_reward.items()}
         out["reward/total_mean"] = sum(self.total) / max(len(self.total), 1)
         out.update({"reward/timeouts": float(counts["timeout"]), "reward/crashes": float(counts["crash"]),
-                    "reward/errors": float(counts["error"])})
+                    "reward/errors": float(counts["error"]), "reward/retries": float(self.retries)})
         out["reward/wall_s"] = self.wall_s
         return out
 
@@ -115,6 +149,18 @@ def _worker_entry(*args) -> None:
     from .reward_worker import worker_main
 
     worker_main(*args)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds of process ``pid``: user + system time of all its threads plus those of its reaped children
+    (utime + stime + cutime + cstime of /proc/<pid>/stat, the sum ``os.times()`` gives inside it); None without
+    /proc or once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return sum(int(field) for field in fields[11:15]) * _TICK_S  # fields 14-17, counted from the state (3)
 
 
 def next_chunk(pending: collections.deque, completions: Sequence[str], workers: int, chunk_size: int) -> list[int]:
@@ -137,10 +183,12 @@ class _Worker:
     def __init__(self, ctx, config: RewardConfig, predecessor_pid: int | None = None):
         self.conn, child_conn = ctx.Pipe(duplex=True)
         # started_C[j]: time.monotonic() (one clock for all processes) when the worker began sample j of its
-        # chunk, 0.0 before; the worker writes it, this process reads it for the deadline and the culprit.
+        # chunk, 0.0 before; cpu_C[j]: the worker's CPU seconds then (os.times(), process_cpu_s's sum), written
+        # first. The worker writes them, this process reads them for the deadlines and the culprit.
         self.started_C = ctx.RawArray(ctypes.c_double, config.chunk_size)
-        args = (child_conn, self.started_C, tuple(config.weights), dict(config.reward_kwargs),
-                config.plugin_modules, predecessor_pid)
+        self.cpu_C = ctx.RawArray(ctypes.c_double, config.chunk_size)
+        args = (child_conn, self.started_C, self.cpu_C, tuple(config.weights), dict(config.reward_kwargs),
+                config.plugin_modules, predecessor_pid, config.worker_memory_bytes)
         self.process = ctx.Process(target=_worker_entry, args=args, daemon=True, name="r1-reward-worker")
         self.process.start()
         child_conn.close()
@@ -149,27 +197,44 @@ class _Worker:
         self.chunk: list[int] = []  # sample indices sent, in the order the worker scores them
         self.reported = 0  # how many of them have results here
         self.progress_at = math.inf  # when the chunk was sent or its last results came
+        self.progress_cpu = 0.0  # the worker's CPU seconds then (as read here)
 
     @property
     def busy(self) -> bool:
         return self.reported < len(self.chunk)
 
+    def cpu_s(self) -> float | None:
+        return process_cpu_s(self.process.pid)
+
+    def mark_progress(self) -> None:
+        self.progress_at, self.progress_cpu = time.monotonic(), self.cpu_s() or 0.0
+
     def send_chunk(self, chunk: list[int], completions, samples) -> None:
         """Raises OSError/ValueError when the worker is gone; it was idle, so it had written all its stamps."""
         self.started_C[:len(chunk)] = [0.0] * len(chunk)
         self.conn.send([(task, completions[task], samples[task]) for task in chunk])
-        self.chunk, self.reported, self.progress_at = chunk, 0, time.monotonic()
+        self.chunk, self.reported = chunk, 0
+        self.mark_progress()
 
-    def current(self) -> tuple[int, float]:
-        """(position in the chunk of the sample being scored, when it began as far as this process can tell).
+    def current(self) -> tuple[int, float, float]:
+        """(position in the chunk of the sample being scored, when it began and the worker's CPU seconds then,
+        as far as this process can tell).
 
         That is the last stamped sample; when its result is already here, the worker is between samples and
         the next one is charged from the moment the result came."""
         last = self.reported - 1
         while last + 1 < len(self.chunk) and self.started_C[last + 1] > 0.0:
             last += 1
-        began = max(self.progress_at, self.started_C[last] if last >= 0 else 0.0)
-        return max(last, self.reported), began
+        if last < self.reported:
+            return self.reported, self.progress_at, self.progress_cpu
+        return last, max(self.progress_at, self.started_C[last]), max(self.progress_cpu, self.cpu_C[last])
+
+    def charged(self, now: float) -> tuple[int, float, float]:
+        """(position of the running sample, the CPU seconds and the wall seconds it has used). Without /proc the
+        CPU time is taken to be the wall time."""
+        running, began, began_cpu = self.current()
+        wall_s, cpu_now = now - began, self.cpu_s()
+        return running, wall_s if cpu_now is None else cpu_now - began_cpu, wall_s
 
     def kill(self) -> None:
         """SIGKILL the worker; the process that replaces it kills the sandboxed programs it left."""
@@ -187,6 +252,7 @@ class _Scoring:
         self.per_reward = {name: [0.0] * n for name in names}
         self.failure: list[str | None] = [None] * n
         self.errors: list[str | None] = [None] * n
+        self.retried: set[int] = set()  # samples sent again after reaching the wall backstop
         self.left = n
 
     def record(self, task: int, scores: dict | None, kind: str | None, text: str | None) -> None:
@@ -245,7 +311,8 @@ class RewardRunner:
 
     def score(self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]]) -> RewardBatch:
         """Scores of each (completion, sample) pair. Returns once every sample has a result, a timeout, or a
-        crash; no sample holds the caller longer than ``timeout_s`` past the moment a worker took it."""
+        crash; no sample holds a worker longer than ``wall_timeout_s`` past the moment the worker took it, or
+        twice that with its one retry."""
         if len(completions) != len(samples):
             raise ValueError(f"score: {len(completions)} completions but {len(samples)} samples")
         if not self._workers:
@@ -259,7 +326,7 @@ class RewardRunner:
         per_reward = scoring.per_reward
         total = [sum(self.config.weights[k] * per_reward[k][i] for k in names) for i in range(len(completions))]
         return RewardBatch(total=total, per_reward=per_reward, failure=scoring.failure,
-                           wall_s=time.monotonic() - start, errors=scoring.errors)
+                           wall_s=time.monotonic() - start, errors=scoring.errors, retries=len(scoring.retried))
 
     def _dispatch(self, scoring: _Scoring) -> None:
         for worker in self._workers:
@@ -273,11 +340,19 @@ class RewardRunner:
                 scoring.pending.extendleft(reversed(chunk))
 
     def _next_deadline(self) -> float:
-        busy = [w.current()[1] + self.config.timeout_s for w in self._workers if w.busy]
-        return min(busy) if busy else time.monotonic() + 0.5
+        """The next moment a busy worker may pass a limit. A worker's CPU time grows no faster than the wall
+        clock while one thread scores, so its CPU limit is not reached before ``now`` + the CPU time left (a
+        multi-threaded reward may pass it by up to that much)."""
+        now, soonest = time.monotonic(), math.inf
+        for worker in self._workers:
+            if worker.busy:
+                _, cpu_s, wall_s = worker.charged(now)
+                cpu_left = max(self.config.timeout_s - cpu_s, _TICK_S)
+                soonest = min(soonest, now + min(cpu_left, self.config.wall_limit_s - wall_s))
+        return soonest if soonest < math.inf else now + 0.5
 
     def _poll(self, until: float, scoring: _Scoring | None) -> None:
-        """Wait for messages or deaths until ``until``; then enforce deadlines."""
+        """Wait for messages or deaths until ``until``; then enforce the limits."""
         everyone = self._workers + self._spares
         handles = {w.conn: w for w in everyone}
         handles.update({w.process.sentinel: w for w in everyone})
@@ -288,11 +363,20 @@ class RewardRunner:
         self._killed = [p for p in self._killed if p.is_alive()]  # is_alive() reaps the dead
         now = time.monotonic()
         for worker in self._workers + self._spares:
-            running, began = worker.current() if worker.busy else (None, math.inf)
-            if now >= began + self.config.timeout_s:
-                self._fail(worker, "timeout", scoring, running)  # blamed as seen now, before the kill
+            if worker.busy:
+                self._enforce(worker, now, scoring)  # blamed as seen now, before any kill
             elif not worker.ready and now - worker.started > self.config.startup_timeout_s:
                 raise RuntimeError(f"reward worker did not start within {self.config.startup_timeout_s} s")
+
+    def _enforce(self, worker: _Worker, now: float, scoring: _Scoring) -> None:
+        """Past its CPU budget: a timeout. At the wall backstop within it: sent once more (a starved sample
+        finishes then), a timeout the second time."""
+        running, cpu_s, wall_s = worker.charged(now)
+        if cpu_s >= self.config.timeout_s:
+            self._fail(worker, "timeout", scoring, running)
+        elif wall_s >= self.config.wall_limit_s:
+            again = worker.chunk[running] not in scoring.retried
+            self._fail(worker, "retry" if again else "wall timeout", scoring, running)
 
     def _receive(self, worker: _Worker, scoring: _Scoring | None) -> None:
         try:
@@ -308,28 +392,40 @@ class RewardRunner:
         for task, scores, error in message:  # the next results of its chunk, in order
             scoring.record(task, scores, "error" if error else None, error)
         worker.reported += len(message)
-        worker.progress_at = time.monotonic()
+        worker.mark_progress()
 
     def _fail(self, worker: _Worker, kind: str, scoring: _Scoring | None, running: int | None) -> None:
         """Replace the worker. Busy (``running``: the position in its chunk of the sample it was on): that
-        sample fails with ``kind``; the chunk's other samples without results here go back to the queue's front."""
+        sample fails with ``kind`` ("timeout", "wall timeout" or "crash"; "retry": it goes to the back of the
+        queue instead); the chunk's other samples without results here go back to the queue's front."""
         if running is None:
             self._replace(worker)
             if scoring is None or not worker.ready:
                 raise RuntimeError(f"reward worker exited during start-up (exit code {worker.process.exitcode})")
             return
-        text = self._failure_text(worker, kind)
+        text = None if kind == "retry" else self._failure_text(worker, kind)
         self._replace(worker)
         culprit = worker.chunk[running]
         scoring.pending.extendleft(reversed([t for t in worker.chunk[worker.reported:] if t != culprit]))
-        scoring.record(culprit, None, kind, text)
+        if text is None:
+            scoring.retried.add(culprit)
+            scoring.pending.append(culprit)
+        else:
+            scoring.record(culprit, None, "crash" if kind == "crash" else "timeout", text)
 
     def _failure_text(self, worker: _Worker, kind: str) -> str:
         names = ", ".join(self.config.weights)
         if kind == "timeout":
-            return f"{names}: timed out after {self.config.timeout_s:g} s (the worker was killed)"
+            clock = "CPU" if process_cpu_s(os.getpid()) is not None else "wall"  # no /proc: wall time (macOS)
+            return f"{names}: timed out: used {self.config.timeout_s:g} s of {clock} time (the worker was killed)"
+        if kind == "wall timeout":
+            return (f"{names}: timed out: ran {self.config.wall_limit_s:g} s of wall time without using "
+                    f"{self.config.timeout_s:g} s of CPU time, twice (the worker was killed)")
         worker.process.join(timeout=0.1)  # it has exited or closed its pipe: its exit code is there, or soon
         code = worker.process.exitcode
+        if code == OUT_OF_MEMORY_EXIT:
+            return (f"{names}: the reward worker ran out of memory "
+                    f"(worker_memory_bytes={self.config.worker_memory_bytes})")
         return f"{names}: the reward worker died" + (f" (exit code {code})" if code is not None else "")
 
     def _replace(self, worker: _Worker) -> None:

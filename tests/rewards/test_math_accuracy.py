@@ -1,4 +1,6 @@
-"""math_accuracy on hand-written cases (expected values worked by hand) and adversarial inputs."""
+"""math_accuracy on hand-written cases (expected values worked by hand) and adversarial inputs (more in
+tests/adversarial/test_math_and_runner.py)."""
+import random
 import time
 
 import pytest
@@ -60,7 +62,7 @@ CASES = [
     (f"<think>t</think><answer>{B}{{9}}</answer>", "9", 1.0),
     (f"<answer>3</answer> but the box says {B}{{4}}", "4", 1.0),
     (f"<answer>3</answer> but the box says {B}{{4}}", "3", 0.0),
-    (f"$\\fbox{{8}}$", "8", 1.0),
+    ("$\\fbox{8}$", "8", 1.0),
     (f"{B} 5", "5", 1.0),
     # wrong answers
     (f"{B}{{3}}", "4", 0.0),
@@ -105,10 +107,44 @@ def test_extraction_nested_and_last():
     assert extract_final_answer("no answer here") is None
 
 
+def reference_last_boxed(text):
+    """The definition, checked one candidate at a time from the end (quadratic): the last macro whose content
+    is a brace group that closes, or one bare token after spaces."""
+    for pos in range(len(text) - 1, -1, -1):
+        macro = next((m for m in ("\\boxed", "\\fbox") if text.startswith(m, pos)), None)
+        if macro is None:
+            continue
+        start = i = pos + len(macro)
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                if depth == 0:
+                    return text[i + 1 : j]
+        elif start < i < len(text):
+            end = i
+            while end < len(text) and not text[end].isspace() and text[end] not in "$.,":
+                end += 1
+            if end > i:
+                return text[i:end]
+    return None
+
+
+def test_last_boxed_matches_the_definition_on_random_text():
+    pieces = ["\\boxed", "\\fbox", "\\boxe", "{", "}", " ", "x", "5", "$", ".", ",", "\n"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert last_boxed(text) == reference_last_boxed(text), text
+
+
 def _timed(fn, *args):
-    start = time.monotonic()
+    """(result, CPU seconds): the limits count CPU time, so a loaded machine does not change the figure."""
+    start = time.process_time()
     out = fn(*args)
-    return out, time.monotonic() - start
+    return out, time.process_time() - start
 
 
 def test_power_tower_times_out_to_zero():
