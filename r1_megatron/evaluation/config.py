@@ -129,7 +129,10 @@ class EvalRewardsConfig:
     dies, is scored wrong and counted in the benchmark's failures."""
 
     num_workers: int = 2
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # CPU seconds of one sample's scoring
+    wall_timeout_s: float | None = None  # wall backstop (null: 3 × timeout_s); reaching it first means one retry
+    worker_memory_bytes: int = 4 << 30
+    startup_timeout_s: float = 120.0
     chunk_size: int = 16
     plugin_modules: list[str] = dataclasses.field(default_factory=list)
 
@@ -142,7 +145,9 @@ class EvalRewardsConfig:
     def runner_config(self) -> RewardConfig:
         """The runner's settings; each benchmark sets the rewards it needs (Evaluator)."""
         return RewardConfig(weights={"format": 1.0}, num_workers=self.num_workers, timeout_s=self.timeout_s,
-                            chunk_size=self.chunk_size, plugin_modules=tuple(self.plugin_modules))
+                            wall_timeout_s=self.wall_timeout_s, worker_memory_bytes=self.worker_memory_bytes,
+                            startup_timeout_s=self.startup_timeout_s, chunk_size=self.chunk_size,
+                            plugin_modules=tuple(self.plugin_modules))
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ from typing import Callable
 
 from r1_megatron.rewards.answer_extraction import answer_after_think, extract_final_answer
 from r1_megatron.rewards.choice_reward import extract_choice_letter
-from r1_megatron.rewards.deadline import RewardTimeout, wall_deadline
+from r1_megatron.rewards.deadline import RewardTimeout, cpu_deadline
 from r1_megatron.rewards.math_reward import MAX_ANSWER_CHARS, load_math_verify, parse_boxed
 
 MATH_EQUAL_TIMEOUT_S = 3.0  # math_accuracy's default: a comparison that takes longer counts as "not equal"
@@ -54,7 +54,7 @@ def math_answers_equal(a: str, b: str) -> bool:
     """Whether two extracted math answers are the same for the vote: identical strings, or math-verify's
     ``verify(parse(\\boxed{a}), parse(\\boxed{b}))`` with math_accuracy's parsing (so ``\\frac{1}{2}`` equals
     ``0.5``). An answer longer than ``MAX_ANSWER_CHARS``, an exception, or running past
-    ``MATH_EQUAL_TIMEOUT_S`` (``wall_deadline``: main thread only) gives False. Cached per (a, b) pair, since a
+    ``MATH_EQUAL_TIMEOUT_S`` of CPU time (``cpu_deadline``: main thread only) gives False. Cached per (a, b) pair, since a
     vote compares the same answers many times."""
     if a == b:
         return True
@@ -62,7 +62,7 @@ def math_answers_equal(a: str, b: str) -> bool:
         return False
     math_verify = load_math_verify()  # outside the deadline: an import cut short would stay broken
     try:
-        with wall_deadline(MATH_EQUAL_TIMEOUT_S):
+        with cpu_deadline(MATH_EQUAL_TIMEOUT_S):
             gold, pred = _parsed(a), _parsed(b)
             return bool(gold and pred and math_verify.verify(gold, pred, timeout_seconds=None))
     except (Exception, RewardTimeout, RecursionError):

@@ -194,7 +194,10 @@ class RewardsConfig:
     accuracy: str | None = "math_accuracy"
     format: str | None = "format"
     num_workers: int = 2
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # CPU seconds of one sample's scoring (rewards/runner.py)
+    wall_timeout_s: float | None = None  # wall backstop (null: 3 × timeout_s); reaching it first means one retry
+    worker_memory_bytes: int = 4 << 30  # each reward worker's address space; over it, the sample is a crash
+    startup_timeout_s: float = 120.0  # worker start-up (imports), charged to no sample
     chunk_size: int = 16  # samples per round trip to a reward worker (each still has its own timeout)
     plugin_modules: list[str] = dataclasses.field(default_factory=list)
     max_failed_steps: int = 3  # stop when every sample's reward failed this many steps in a row (0: never)
@@ -217,8 +220,9 @@ class RewardsConfig:
         from r1_megatron.rewards.runner import RewardConfig
 
         return RewardConfig(weights=self.weights, reward_kwargs=self.reward_kwargs, num_workers=self.num_workers,
-                            timeout_s=self.timeout_s, chunk_size=self.chunk_size,
-                            plugin_modules=tuple(self.plugin_modules))
+                            timeout_s=self.timeout_s, wall_timeout_s=self.wall_timeout_s,
+                            worker_memory_bytes=self.worker_memory_bytes, startup_timeout_s=self.startup_timeout_s,
+                            chunk_size=self.chunk_size, plugin_modules=tuple(self.plugin_modules))
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # the per-step failure counts RewardBatch.metrics() gives (totals over the step's samples and DP ranks)
 FAILURE_METRICS = ("reward/errors", "reward/timeouts", "reward/crashes")
 SAMPLES_METRIC = "reward/samples"
+RETRIES_METRIC = "reward/retries"  # samples scored again after reaching the wall backstop (not failures)
 
 
 class RewardFailure(RuntimeError):
@@ -37,7 +38,7 @@ class RewardHealth:
     def record(self, stats: StepStats, batch: RewardBatch) -> None:
         counts = batch.metrics()
         stats.total(SAMPLES_METRIC, float(len(batch.failure)))
-        for metric in FAILURE_METRICS:
+        for metric in (*FAILURE_METRICS, RETRIES_METRIC):
             stats.total(metric, counts[metric])
         if self._step_error is None:
             self._step_error = next((e.partition("\n")[0] for e in batch.errors if e), None)
