@@ -79,7 +79,8 @@ def test_math_equal_bounds_length_timeout_and_errors(monkeypatch):
     assert not math_answers_equal(long, long[:-1] + "2")
 
     def slow(answer):
-        time.sleep(30)  # the deadline's signal interrupts the sleep
+        while True:  # CPU-bound, as sympy is: the CPU-time deadline's signal interrupts it
+            pass
 
     monkeypatch.setattr(scorers, "MATH_EQUAL_TIMEOUT_S", 0.2)
     monkeypatch.setattr(scorers, "_parsed", slow)
