@@ -142,11 +142,13 @@ def test_a_correct_answer_scores_the_same_on_a_loaded_machine():
 
 @pytest.mark.parametrize("override", ["rewards.timeout_s=.inf", "rewards.timeout_s=1e999"])
 def test_an_infinite_reward_timeout_is_refused(override):
-    with pytest.raises(ValueError, match="RewardConfig.timeout_s must be a finite number of seconds > 0, got inf"):
+    # the config loader refuses every non-finite float first, naming the key; RewardConfig itself refuses it too
+    with pytest.raises(ValueError, match="rewards.timeout_s: expected a finite float, got inf"):
         load_run_config(None, [override])
+    with pytest.raises(ValueError, match="RewardConfig.timeout_s must be a finite number of seconds > 0, got inf"):
+        RewardConfig(timeout_s=float("inf"))
     with pytest.raises(ValueError, match="rewards.timeout_s must be a finite number of seconds > 0, got inf"):
         EvalRewardsConfig(timeout_s=float("inf"))
-
 
 
 @pytest.mark.parametrize("kwargs, field", [({"timeout_s": float("inf")}, "timeout_s"), ({"timeout_s": 0}, "timeout_s"),
