@@ -29,7 +29,7 @@ MARKER = "R1_KILL_TEST_RUN"
 # save take ~0.5 s on 2 cores, a start a few seconds
 RUN = [a for a in TINY if not a.startswith("checkpoint.every_steps=")] + [
     "checkpoint.every_steps=1", "evaluation.every_steps=0"]
-STEPS = 12
+STEPS = 16
 
 
 @pytest.fixture
@@ -139,16 +139,19 @@ class _Attempt:
 
 
 def test_kill_9_five_times_at_random_moments_resumes_bit_identically_and_leaves_nothing(tmp_path, short_tmp):
-    """The kill moments (seeded) are of three kinds, each kill drawn anew:
-    - after a checkpoint: once the attempt has written a checkpoint newer than the one it resumed from, a delay
-      uniform in [0, 1.5] s (anywhere in the next steps, their saves included);
-    - in start-up: once the attempt's runtime is up (its own temp directory exists), a delay uniform in
-      [0, 3] s (model build, restore, reward workers' start, or the first steps);
-    - mid-save: as soon as this attempt's partial checkpoint of a new step shows up, after a delay uniform in
+    """The kill moments (seeded) are of three kinds, each drawn anew; each bounds the attempt's progress in steps,
+    not seconds, so that on any machine five kills land before the run's end:
+    - after a checkpoint: once the attempt has written 1, 2 or 3 (uniform) checkpoints newer than the one it
+      resumed from, a delay uniform in [0, 0.5] s, cut short by the next checkpoint (so: in the next step or
+      its save);
+    - in start-up: once the attempt's runtime is up (its own temp directory exists), a delay uniform in [0, 2] s,
+      cut short by its first new checkpoint (model build, restore, reward workers' start, or the first step);
+    - mid-save: as soon as this attempt's partial checkpoint of a new step shows up, a delay uniform in
       [0, 0.2] s.
     The first kill is after a checkpoint (a fresh run killed before its first checkpoint but after logging a step
-    is refused on resume by design: docs/launching.md), and the kinds alternate so every kind occurs; every
-    after-a-checkpoint kill leaves progress, so the sixth start finishes the run."""
+    is refused on resume by design: docs/launching.md), and the kinds alternate so every kind occurs. The five
+    attempts make at most 3 + 1 + 1 + 1 + 3 new checkpoints, plus one for each kill that falls between a save's
+    end and the next step, so the sixth start still has steps to do."""
     rng = random.Random(15)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     (short_tmp / "whole").mkdir()
@@ -158,23 +161,30 @@ def test_kill_9_five_times_at_random_moments_resumes_bit_identically_and_leaves_
                          tmp_path / "whole.log", "whole")
     attempts, dead_dirs = [reference], set()
     checkpoints = killed / "checkpoints"
+
+    def newest() -> int:
+        return max(_complete_steps(checkpoints), default=0)
+
     try:
         for k, kind in enumerate(["after a checkpoint", "in start-up", "mid-save", "in start-up",
                                   "after a checkpoint"]):
-            done = max(_complete_steps(checkpoints), default=0)
+            done = newest()
             args = [f"run_dir={killed}", f"steps={STEPS}", *RUN] if k == 0 else ["--resume", str(killed)]
             attempt = _Attempt(_grpo(*args), tmp, tmp_path / f"attempt{k}.log", f"attempt{k}")
             attempts.append(attempt)
             if kind == "after a checkpoint":
-                attempt.wait_until(lambda: max(_complete_steps(checkpoints), default=0) > done, dead_dirs)
-                time.sleep(rng.uniform(0, 1.5))
+                target = done + rng.randint(1, 3)
+                attempt.wait_until(lambda: newest() >= target, dead_dirs)
+                kill_at = time.monotonic() + rng.uniform(0, 0.5)
+                attempt.wait_until(lambda: time.monotonic() > kill_at or newest() > target, dead_dirs)
             elif kind == "mid-save":  # a save of this attempt's, not one a killed attempt left partial
                 floor = max([done, *_partial_steps(checkpoints)])
                 attempt.wait_until(lambda: max(_partial_steps(checkpoints), default=0) > floor, dead_dirs)
                 time.sleep(rng.uniform(0, 0.2))
             else:
                 attempt.wait_until(lambda: attempt.own_dir_seen, dead_dirs)
-                time.sleep(rng.uniform(0, 3))
+                kill_at = time.monotonic() + rng.uniform(0, 2)
+                attempt.wait_until(lambda: time.monotonic() > kill_at or newest() > done, dead_dirs)
             assert attempt.proc.poll() is None, f"attempt {k} ended before its kill"
             left = attempt.kill()
             assert len(left) == 1  # what the next start's sweep must remove
