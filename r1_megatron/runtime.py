@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from r1_megatron import cpu_compat, warning_filters
+from r1_megatron import child_processes, cpu_compat, warning_filters
 
 warning_filters.install()
 
@@ -79,7 +79,10 @@ def _free_port() -> int:
 
 
 def init_distributed() -> None:
-    """Start torch.distributed if it is not running: env:// under torchrun, a private TCP store otherwise."""
+    """Start torch.distributed if it is not running: env:// under torchrun, a private TCP store otherwise.
+
+    First the process is set up so that nothing of it outlives a kill (r1_megatron/child_processes.py)."""
+    child_processes.install()
     cpu_compat.apply()
     if dist.is_initialized():
         return

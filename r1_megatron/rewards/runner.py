@@ -31,6 +31,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any, Mapping, Sequence
 
+from ..child_processes import exit_with_creator
 from .registry import get_reward
 from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
@@ -145,9 +146,11 @@ class RewardBatch:
 
 
 def _worker_entry(*args) -> None:
-    """Process target; imports the worker module there, not in the trainer (it is in the forkserver already)."""
+    """Process target; imports the worker module there, not in the trainer (it is in the forkserver already).
+    The worker exits with the trainer, even in a hung sample (the trainer's deadline is gone with it)."""
     from .reward_worker import worker_main
 
+    exit_with_creator()
     worker_main(*args)
 
 
