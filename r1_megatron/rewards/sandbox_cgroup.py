@@ -62,7 +62,7 @@ def _own_paths() -> dict[str, str]:
 def _base(mount_root: str, mount_point: str, path: str) -> str | None:
     if not (path + "/").startswith(mount_root.rstrip("/") + "/"):
         return None  # our cgroup is outside what this mount shows
-    return os.path.join(mount_point, os.path.relpath(path, mount_root))
+    return os.path.normpath(os.path.join(mount_point, os.path.relpath(path, mount_root)))
 
 
 def _v2() -> list[_Hierarchy]:
@@ -133,7 +133,8 @@ class SandboxCgroup:
                 made.append((hierarchy, path))
                 _limit(hierarchy, path, memory_bytes, max_processes)
         except OSError:
-            SandboxCgroup(made).remove() if made else None
+            if made:
+                SandboxCgroup(made).remove()
             return None
         return cls(made) if made else None
 
