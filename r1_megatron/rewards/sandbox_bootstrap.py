@@ -82,20 +82,20 @@ def _enter_user_namespace():
 
 
 def _namespaces(cfg):
-    """Enter new namespaces where allowed; return the names of those made."""
+    """Enter new namespaces where allowed: (the names of those made, whether this mount namespace's mounts are
+    private, so that a filesystem view may be built in it without anything propagating to the host)."""
     if not cfg["namespaces"]:
-        return []
+        return [], False
     if cfg["uid"] is None and not _enter_user_namespace():
-        return []
+        return [], False
     flags = CLONE_NEWNS | CLONE_NEWNET
     if _unshare(flags | CLONE_NEWPID):
         layers = ["netns", "pidns"]
     elif _unshare(flags):
         layers = ["netns"]
     else:
-        return []
-    _mount("none", "/", MS_REC | MS_PRIVATE)  # nothing mounted below leaks back to the host
-    return layers
+        return [], False
+    return layers, _mount("none", "/", MS_REC | MS_PRIVATE)
 
 
 def _bind(host_path, view):
@@ -184,8 +184,10 @@ def _confine(cfg, in_pidns):
         os.setgid(cfg["gid"])
         os.setuid(cfg["uid"])
         layers.append("uid")
-    elif cfg["namespaces"]:
-        _drop_capabilities()
+    elif cfg["namespaces"] and not _drop_capabilities():
+        # in our own user namespace we would keep every capability in it (and could undo the read-only binds)
+        os.write(2, b"sandbox: could not drop the user namespace's capabilities; not running the program\n")
+        os._exit(126)
     _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)  # after setuid: a credential change clears it
     if not in_pidns and os.getppid() != cfg["parent_pid"]:
         os._exit(137)  # the parent died before prctl took effect
@@ -285,15 +287,15 @@ def main():
     for procs in cfg["cgroup_procs"]:  # before any fork: every process of the run is inside
         with open(procs, "w") as f:
             f.write(str(os.getpid()))
-    layers = _namespaces(cfg)
+    layers, private = _namespaces(cfg)
     if "pidns" in layers:
         child = os.fork()  # the first child is pid 1 of the new namespace
         if child:
             os.close(cfg["layers_fd"])
             _relay_exit(child)
     program, plan = _read_inputs(cfg)
-    view = _build_view(cfg) if layers else []
-    if layers and not view and _read_only_except(cfg["work"]):
+    view = _build_view(cfg) if private else []
+    if private and not view and _read_only_except(cfg["work"]):
         view = ["readonly_fs"]
     layers += view + cfg["cgroup_layers"] + _confine(cfg, "pidns" in layers)
     if "uid" not in layers or "netns" not in layers:
