@@ -275,7 +275,24 @@ def export_scenario(workdir: Path, runs: str, max_shard_bytes: str) -> dict:
     return out
 
 
-SCENARIOS = {"export": export_scenario, "grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
+def reward_scenario(workdir: Path, layouts: str) -> dict:
+    """For each layout: this rank's reward scores of workdir/sequences.json, the DP share it passes (every TP/PP
+    rank of a group passes the same list), keyed by sequence index, and whether sequence parallelism was on."""
+    from r1_megatron.models.reward_model import load_reward_model
+
+    sequences = json.loads((workdir / "sequences.json").read_text())
+    out = {}
+    for layout in layouts.split(","):
+        initialize(**LAYOUTS[layout])
+        dp_rank, dp_size = _dp()
+        share = list(range(dp_rank, len(sequences), dp_size))
+        rm = load_reward_model(workdir / "rm")
+        scores = rm.score([sequences[i] for i in share], batch_size=2)
+        out[layout] = {"scores": dict(zip(map(str, share), scores)), "sp": rm.model.config.sequence_parallel}
+    return out
+
+
+SCENARIOS = {"reward": reward_scenario, "export": export_scenario, "grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])
