@@ -71,11 +71,12 @@ def _only_logit_positions(output_layer, args, kwargs):
 
 
 def build_model(model_config: ModelConfig, *, dtype: torch.dtype = torch.float32,
-                parallel: ParallelConfig | None = None) -> R1GPTModel:
-    """This rank's part of the model (its pipeline stage, tensor and expert shards), randomly initialised."""
+                parallel: ParallelConfig | None = None, model_class: type[R1GPTModel] = R1GPTModel) -> R1GPTModel:
+    """This rank's part of the model (its pipeline stage, tensor and expert shards), randomly initialised.
+    `model_class`: an R1GPTModel subclass with another head (models/reward_model.py); default R1GPTModel."""
     parallel = parallel or ensure_parallel_state()
     tcfg = to_transformer_config(model_config, parallel, dtype)
-    model = R1GPTModel(
+    model = model_class(
         model_config, config=tcfg, transformer_layer_spec=block_spec(model_config, tcfg),
         vocab_size=model_config.vocab_size, max_sequence_length=model_config.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(), post_process=parallel_state.is_pipeline_last_stage(),

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from r1_megatron.models.config import ModelConfig
 from r1_megatron.models.gpt import R1GPTModel, build_model
-from r1_megatron.models.hf_config import read_hf_config
+from r1_megatron.models.hf_config import HFLayoutOptions, read_hf_config
 from r1_megatron.models.hf_weights import TensorRule, weight_rules
 from r1_megatron.models.placement import Placement, Shard
 from r1_megatron.runtime import ensure_parallel_state
@@ -129,15 +129,24 @@ def load_hf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, drop
     """
     directory = Path(path)
     config, layout = read_hf_config(directory, drop_mtp=drop_mtp)
+    rules = {rule.megatron: rule for rule in weight_rules(config, layout)}
+    if config.tie_word_embeddings:  # the last pipeline stage keeps its own copy of the shared embedding
+        rules["output_layer.weight"] = rules["embedding.word_embeddings.weight"]
+    return build_from_checkpoint(directory, config, layout, rules, dtype=dtype, reader_stats=reader_stats)
+
+
+@torch.no_grad()
+def build_from_checkpoint(directory: Path, config: ModelConfig, layout: HFLayoutOptions, rules: dict[str, TensorRule],
+                          *, dtype: torch.dtype, model_class: type[R1GPTModel] = R1GPTModel,
+                          reader_stats: dict | None = None) -> R1GPTModel:
+    """This rank's `model_class` for `config`, every local tensor read through `rules` (Megatron name <- HF names);
+    every tensor of the checkpoint must be used by some rule."""
     parallel = ensure_parallel_state()
     if config.vocab_size % parallel.tp:
         raise CheckpointError(f"{directory}/config.json: vocab_size {config.vocab_size} is not divisible by "
                               f"tensor-parallel size {parallel.tp}")
-    model = build_model(config, dtype=dtype)
+    model = build_model(config, dtype=dtype, model_class=model_class)
     reader = SafetensorsReader(directory, layout.fp8_block_size)
-    rules = {rule.megatron: rule for rule in weight_rules(config, layout)}
-    if config.tie_word_embeddings:  # the last pipeline stage keeps its own copy of the shared embedding
-        rules["output_layer.weight"] = rules["embedding.word_embeddings.weight"]
     placement = Placement.of_this_rank(model)
     for name, target in _local_tensors(model).items():
         rule = rules.get(placement.global_name(name))

@@ -1,4 +1,5 @@
-"""HF config.json <-> ModelConfig for DeepseekV3ForCausalLM, Qwen2ForCausalLM and LlamaForCausalLM.
+"""HF config.json <-> ModelConfig for DeepseekV3ForCausalLM, Qwen2ForCausalLM and LlamaForCausalLM, and (read only)
+the reward models Qwen2ForSequenceClassification and LlamaForSequenceClassification.
 
 Reads both the transformers-4 / official layout (`rope_theta` + `rope_scaling`) and transformers-5's
 `rope_parameters`; writes the official layout, which every transformers version loads. Anything the model stack
@@ -7,6 +8,7 @@ naming the file and the field.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,11 @@ HF_ARCHITECTURES = {
     "DeepseekV3ForCausalLM": Architecture.DEEPSEEK_V3,
     "Qwen2ForCausalLM": Architecture.QWEN2,
     "LlamaForCausalLM": Architecture.LLAMA,
+}
+# Reward models: the same body, HF's `score` head [num_labels, hidden] instead of the lm_head (models/reward_model.py)
+SEQUENCE_CLASSIFICATION_ARCHITECTURES = {
+    "Qwen2ForSequenceClassification": Architecture.QWEN2,
+    "LlamaForSequenceClassification": Architecture.LLAMA,
 }
 _MODEL_TYPES = {Architecture.DEEPSEEK_V3: "deepseek_v3", Architecture.QWEN2: "qwen2", Architecture.LLAMA: "llama"}
 _ROPE_TYPES = {None: RopeScaling.NONE, "default": RopeScaling.NONE, "yarn": RopeScaling.YARN,
@@ -137,13 +144,15 @@ def _llama(f: _Fields) -> dict:
     return dict(qkv_bias=False)
 
 
-def model_config_from_hf(raw: dict, file: Path | str = "config.json", *, drop_mtp: bool = False):
-    """(ModelConfig, HFLayoutOptions) from a parsed config.json; HFConfigError names the file and field."""
+def model_config_from_hf(raw: dict, file: Path | str = "config.json", *, drop_mtp: bool = False,
+                         architectures: dict[str, Architecture] = HF_ARCHITECTURES):
+    """(ModelConfig, HFLayoutOptions) from a parsed config.json; HFConfigError names the file and field.
+    `architectures`: the HF class names accepted (the causal LMs, or SEQUENCE_CLASSIFICATION_ARCHITECTURES)."""
     f = _Fields(raw, Path(file))
     archs = f.raw.get("architectures") or []
-    if len(archs) != 1 or archs[0] not in HF_ARCHITECTURES:
-        raise f.error("architectures", f"unknown architecture; supported: {', '.join(HF_ARCHITECTURES)}")
-    arch = HF_ARCHITECTURES[archs[0]]
+    if len(archs) != 1 or archs[0] not in architectures:
+        raise f.error("architectures", f"unknown architecture; supported: {', '.join(architectures)}")
+    arch = architectures[archs[0]]
     _check_common(f)
     specific = {Architecture.DEEPSEEK_V3: lambda: _deepseek_v3(f, drop_mtp),
                 Architecture.QWEN2: lambda: _qwen2(f), Architecture.LLAMA: lambda: _llama(f)}[arch]()
@@ -165,16 +174,47 @@ def model_config_from_hf(raw: dict, file: Path | str = "config.json", *, drop_mt
                                    fp8_block_size=tuple(block) if block else None)
 
 
-def read_hf_config(directory: Path | str, *, drop_mtp: bool = False):
-    """Parse `directory/config.json`; errors name the file (and the field or JSON position)."""
+def _read_json(directory: Path | str) -> tuple[dict, Path]:
     file = Path(directory) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no config.json in the HF checkpoint directory {directory}")
     try:
-        raw = json.loads(file.read_text())
+        return json.loads(file.read_text()), file
     except json.JSONDecodeError as exc:
         raise HFConfigError(f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def read_hf_config(directory: Path | str, *, drop_mtp: bool = False):
+    """Parse `directory/config.json`; errors name the file (and the field or JSON position)."""
+    raw, file = _read_json(directory)
     return model_config_from_hf(raw, file, drop_mtp=drop_mtp)
+
+
+@dataclass(frozen=True)
+class RewardHead:
+    """What the scalar head of a *ForSequenceClassification checkpoint needs beyond the body's ModelConfig."""
+
+    pad_token_id: int | None  # transformers pools at the last token that is not this one (None: the last token)
+
+
+def read_reward_config(directory: Path | str):
+    """(ModelConfig, HFLayoutOptions, RewardHead) of a Qwen2/Llama *ForSequenceClassification directory.
+
+    A reward model has exactly one output: transformers' num_labels is len(id2label) when config.json has it, else
+    `num_labels`, else its default 2. The body is never tied to an lm_head (the checkpoint has none), whatever
+    `tie_word_embeddings` says.
+    """
+    raw, file = _read_json(directory)
+    config, layout = model_config_from_hf(raw, file, architectures=SEQUENCE_CLASSIFICATION_ARCHITECTURES)
+    f = _Fields(raw, file)
+    num_labels = len(raw["id2label"]) if raw.get("id2label") else f.get("num_labels", 2)
+    if num_labels != 1:
+        field = "id2label" if raw.get("id2label") else "num_labels"
+        raise f.error(field, f"a reward model has one output (num_labels 1), this checkpoint has {num_labels}")
+    pad = f.get("pad_token_id")
+    if pad is not None and not 0 <= pad < config.vocab_size:
+        raise f.error("pad_token_id", f"must be a token id in [0, vocab_size={config.vocab_size})")
+    return dataclasses.replace(config, tie_word_embeddings=False), layout, RewardHead(pad_token_id=pad)
 
 
 def _rope_to_hf(rope: RopeConfig) -> dict | None:

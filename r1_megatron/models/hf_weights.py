@@ -189,3 +189,10 @@ def weight_rules(config: ModelConfig, layout: HFLayoutOptions | None = None) -> 
     if not config.tie_word_embeddings:
         rules.append(TensorRule("output_layer.weight", ("lm_head.weight",)))
     return rules
+
+
+def sequence_classification_rules(config: ModelConfig, layout: HFLayoutOptions | None = None) -> list[TensorRule]:
+    """A *ForSequenceClassification checkpoint: the body's tensors, and HF's scalar head `score.weight` [1, hidden]
+    as the reward model's output layer (models/reward_model.py) in place of the lm_head."""
+    body = [rule for rule in weight_rules(config, layout) if rule.megatron != "output_layer.weight"]
+    return body + [TensorRule("output_layer.weight", ("score.weight",))]

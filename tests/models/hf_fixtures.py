@@ -127,3 +127,30 @@ def qwen2_chat_dir(directory, seed: int = 0):
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# ---- tiny reward models: *ForSequenceClassification with one label (the scalar `score` head) -----------------
+
+def reward_model(arch: str = "qwen2", pad_token_id: int | None = 3, seed: int = 0, **overrides):
+    """A random tiny Qwen2ForSequenceClassification or LlamaForSequenceClassification (num_labels 1), perturbed
+    like the causal LMs above; Llama is configured tied (a sequence classifier has no lm_head to tie)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    if arch == "qwen2":
+        config = Qwen2Config(vocab_size=150, hidden_size=96, intermediate_size=120, num_hidden_layers=2,
+                             num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                             rope_parameters=dict(rope_type="default", rope_theta=50000.0), rms_norm_eps=1e-6,
+                             num_labels=1, pad_token_id=pad_token_id, **overrides)
+        model = Qwen2ForSequenceClassification(config)
+    else:
+        rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=32)
+        config = LlamaConfig(vocab_size=140, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                             num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=128,
+                             rope_parameters=rope, rms_norm_eps=1e-5, tie_word_embeddings=True, num_labels=1,
+                             pad_token_id=pad_token_id, **overrides)
+        model = LlamaForSequenceClassification(config)
+    model = model.float().eval()
+    perturb_(model, seed + 1)
+    return model
