@@ -72,7 +72,10 @@ def test_both_components_are_logged_and_the_total_is_their_weighted_sum(run):
 def test_the_reward_model_component_is_transformers_score_of_the_conversation(run):
     from transformers import AutoTokenizer, Qwen2ForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(run / "rm")
+    from r1_megatron.tokenizer import load_tokenizer
+
+    # transformers renders the conversation; the directory's tokenizer.json encodes it (see test_model_rewards.py)
+    hf_tokenizer, tokenizer = AutoTokenizer.from_pretrained(run / "rm"), load_tokenizer(run / "rm")
     rm = Qwen2ForSequenceClassification.from_pretrained(run / "rm").float().eval()
     shown = lines(run / "run" / "samples.jsonl")
     assert len(shown) == 4  # one completion of each of the 2 prompts, 2 steps
@@ -83,7 +86,7 @@ def test_the_reward_model_component_is_transformers_score_of_the_conversation(ru
         # raw template: the prompt is the question; no </think> in the completion: the summary is all of it
         conversation = [{"role": "user", "content": s["prompt"]},
                         {"role": "assistant", "content": s["completion"].strip()}]
-        ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
+        ids = tokenizer.encode(hf_tokenizer.apply_chat_template(conversation, tokenize=False))
         with torch.no_grad():
             expected = rm(torch.tensor([ids])).logits[0, 0].item()
         assert s["rewards"]["rm"] == pytest.approx(expected, abs=1e-5)

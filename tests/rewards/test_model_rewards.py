@@ -147,3 +147,50 @@ def test_what_a_model_reward_reads():
     class Plain:
         chat_template = None
     assert conversation_text(Plain(), "Q?", "A.") == "Q?\nA."
+
+
+def test_the_docs_example_loads_and_a_missing_model_directory_is_one_line_naming_the_key(tmp_path, monkeypatch):
+    from r1_megatron.run_config import ConfigError, load_run_config
+    from tests.doc_examples import doc_examples
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipe.yaml").write_text(doc_examples("rewards.md")["model rewards"])
+    (tmp_path / "models" / "reward_model").mkdir(parents=True)
+    (tmp_path / "models" / "reward_model" / "config.json").write_text("{}")
+    cfg = load_run_config(tmp_path / "recipe.yaml")
+    assert cfg.data.kind_field == "type" and cfg.rewards.rule_weights == {"math_accuracy": 1.0, "format": 1.0}
+    assert cfg.rewards.models["helpful"].kind == "preference" and cfg.rewards.kinds["general"] == ["helpful"]
+    with pytest.raises(ConfigError) as error:
+        load_run_config(tmp_path / "recipe.yaml", ["rewards.models.helpful.path=models/rm"])
+    assert "rewards.models.helpful.path='models/rm': no such directory" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_preference_reward_reads_its_target_in_the_reward_models_chat_template(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, Qwen2ForSequenceClassification
+
+    from r1_megatron.parallel import initialize
+    from r1_megatron.rewards.model_rewards import PreferenceReward
+    from r1_megatron.tokenizer import load_tokenizer
+    from tests.grpo.test_model_reward_run import write_reward_model
+
+    initialize()
+    directory = write_reward_model(tmp_path / "rm")
+    texts = ["<think>3 and 4 make 7</think> The sum is 7. ", "no reasoning block", "<think>a</think>"]
+    samples = [{"question": "What is 3 + 4?"}, {"question": "Hi"}, {"question": "Q"}]
+    hf_tokenizer, tokenizer = AutoTokenizer.from_pretrained(directory), load_tokenizer(directory)
+    hf = Qwen2ForSequenceClassification.from_pretrained(directory).float().eval()
+    for target, read in (("summary", ["The sum is 7.", "no reasoning block", ""]), ("response", texts)):
+        reward = PreferenceReward("rm", ModelRewardConfig(kind="preference", path=str(directory), dtype="fp32",
+                                                          target=target, batch_size=2))
+        expected = []
+        for question, answer in zip([s["question"] for s in samples], read):
+            # transformers renders the conversation; the RM directory's tokenizer.json encodes it (transformers 5
+            # re-splits digits for a qwen2 config, a tokenizer difference that is not the reward's to test)
+            ids = tokenizer.encode(hf_tokenizer.apply_chat_template([{"role": "user", "content": question},
+                                                                     {"role": "assistant", "content": answer}],
+                                                                    tokenize=False))
+            with torch.no_grad():
+                expected.append(hf(torch.tensor([ids])).logits[0, 0].item())
+        assert reward.score(texts, samples) == pytest.approx(expected, abs=1e-5)
