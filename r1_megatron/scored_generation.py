@@ -14,13 +14,19 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from r1_megatron.rewards.runner import RewardBatch, RewardRunner
+from r1_megatron.rewards.runner import RewardBatch
 from r1_megatron.rollout import Completion, Engine, FinishReason, SamplingParams
 
 # (completion text, stopped by itself) -> the answer it commits to, None when it commits to none
 AnswerExtractor = Callable[[str, bool], "str | None"]
+
+
+class Scorer(Protocol):
+    """What scores completions: a RewardRunner (rule rewards), or model_rewards.build_reward_scorer's scorer."""
+
+    def score(self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]]) -> RewardBatch: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +73,7 @@ def reward_inputs(tokenizer, completions: Sequence[Completion], references: Sequ
 
 def generate_and_score(engine: Engine, tokenizer, prompt_ids: Sequence[Sequence[int]],
                        references: Sequence[Mapping[str, Any]], params: SamplingParams | Sequence[SamplingParams],
-                       rewards: RewardRunner, *, extract: AnswerExtractor | None = None, offload=None) -> ScoredBatch:
+                       rewards: Scorer, *, extract: AnswerExtractor | None = None, offload=None) -> ScoredBatch:
     """Generate every prompt's completions with `engine` (inside `engine.generating(offload=...)`), decode and
     score them with `rewards`; references[i] is prompt i's reference data (the reward registry's sample: answer,
     tests). An empty prompt list still enters generation (expert-parallel peers step in lockstep)."""

@@ -26,8 +26,8 @@ def test_a_stopped_chat_completion_is_scored_without_its_eos(tokenizer):
                    Completion(0, ids[:5], [0.0] * 5, FinishReason.LENGTH)]
     texts, samples = reward_inputs(tokenizer, completions, [prompt.reward_sample()])
     assert texts == [ANSWER, tokenizer.decode(ids[:5])]  # a cut-off completion keeps every token it has
-    assert samples == [{"answer": "7", "tests": None, "finish_reason": "stop"},
-                       {"answer": "7", "tests": None, "finish_reason": "length"}]
+    reference = {"answer": "7", "tests": None, "question": "What is 3 + 4?", "kind": "default"}
+    assert samples == [{**reference, "finish_reason": "stop"}, {**reference, "finish_reason": "length"}]
     fmt, accuracy = get_reward("format"), get_reward("math_accuracy")
     assert fmt(texts[0], samples[0]) == 1.0 and accuracy(texts[0], samples[0]) == 1.0
     assert fmt(tokenizer.decode(completions[0].token_ids), samples[0]) == 0.0  # what the trainer used to score

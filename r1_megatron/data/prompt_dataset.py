@@ -7,6 +7,7 @@ import enum
 from typing import Any, Iterable, Sequence
 
 from r1_megatron.rewards.code_reward import parse_test_cases
+from r1_megatron.rewards.registry import DEFAULT_KIND
 from r1_megatron.tokenizer import Tokenizer
 
 from .epoch_order import EpochOrder
@@ -27,7 +28,8 @@ class OnError(str, enum.Enum):
 class PromptDataConfig:
     """Where prompts come from and how they become model inputs.
 
-    ``answer_field``/``tests_field`` may be None when a task has no answer (or no tests). ``answer_format``
+    ``answer_field``/``tests_field`` may be None when a task has no answer (or no tests). ``kind_field``: the
+    field naming the prompt's kind (which rewards score it, rewards.kinds); None: every kind is "default". ``answer_format``
     says where the final answer is in the answer field (see ``answer_format.py``); the sample holds that final
     answer. ``max_prompt_tokens`` drops (and counts) prompts whose token count exceeds it. ``on_error="skip"``
     counts and skips malformed lines, records missing a field or holding an unusable one (docs/data.md) and
@@ -38,6 +40,7 @@ class PromptDataConfig:
     question_field: str = "question"
     answer_field: str | None = "answer"
     tests_field: str | None = None
+    kind_field: str | None = None
     template: PromptTemplate = PromptTemplate.R1_ZERO
     max_prompt_tokens: int | None = None
     seed: int = 0
@@ -65,10 +68,12 @@ class PromptSample:
     prompt: str
     prompt_ids: tuple[int, ...] | None
     source: str  # "file:line"
+    kind: str = DEFAULT_KIND
 
     def reward_sample(self) -> dict[str, Any]:
-        """The mapping the reward registry reads (``answer``, ``tests``)."""
-        return {"answer": self.answer, "tests": self.tests}
+        """The mapping the rewards read: ``answer``, ``tests`` (rule rewards), ``question`` and ``kind`` (model
+        rewards and rewards.kinds)."""
+        return {"answer": self.answer, "tests": self.tests, "question": self.question, "kind": self.kind}
 
 
 class PromptDataset:
@@ -107,6 +112,7 @@ class PromptDataset:
             if isinstance(record, DataError):
                 raise record
             question, answer, tests = self._fields(path, line, record)
+            kind = text_field(path, line, record, self.config.kind_field) if self.config.kind_field else DEFAULT_KIND
         except DataError as e:
             if self.config.on_error is OnError.RAISE:
                 raise
@@ -118,7 +124,7 @@ class PromptDataset:
             self.stats["filtered_too_long"] += 1
             return None
         self.stats["kept"] += 1
-        return PromptSample(question, answer, tests, prompt, ids, source=f"{path}:{line}")
+        return PromptSample(question, answer, tests, prompt, ids, source=f"{path}:{line}", kind=kind)
 
     def _fields(self, path: str, line: int, record: dict[str, Any]) -> tuple[str, str | None, Any]:
         """(question, final answer, tests) of a record; DataError naming the field when one is unusable."""

@@ -18,6 +18,7 @@ from r1_megatron.evaluation.config import TrainingEvalConfig
 from r1_megatron.kernels import AdvantageStd, GRPOLossConfig
 from r1_megatron.kernels.options import parse_enum
 from r1_megatron.models.source import ModelSourceConfig  # noqa: F401  (re-exported: the model section's type)
+from r1_megatron.rewards.model_rewards import ModelRewardConfig, check_model_rewards
 from r1_megatron.rollout.cache_config import CacheConfig
 from r1_megatron.rollout.decode_graphs import GraphConfig
 from r1_megatron.rollout.sampling_params import SamplingParams
@@ -37,8 +38,9 @@ class DataConfig:
     """Prompts: JSONL/Parquet files (`paths`, with the field names), or the built-in synthetic addition task
     (`synthetic: arithmetic`). The tokenizer comes from `tokenizer` (a directory), else from model.path.
     answer_format: where the final answer is in the answer field (auto / gsm8k / boxed / raw, see
-    data/answer_format.py); tests_field: the code tests' field (code_tests); on_error: raise, or skip and count
-    bad records. docs/data.md describes the format."""
+    data/answer_format.py); tests_field: the code tests' field (code_tests); kind_field: the field holding a
+    prompt's kind (rewards.kinds picks the rewards of each kind; null: every prompt's kind is "default"); on_error:
+    raise, or skip and count bad records. docs/data.md describes the format."""
 
     paths: list[str] = dataclasses.field(default_factory=list)
     synthetic: str | None = None
@@ -48,6 +50,7 @@ class DataConfig:
     answer_field: str | None = "answer"
     answer_format: AnswerFormat = AnswerFormat.AUTO
     tests_field: str | None = None
+    kind_field: str | None = None
     template: str = "r1_zero"
     max_prompt_tokens: int | None = None
     on_error: OnError = OnError.RAISE
@@ -185,12 +188,16 @@ class AlgorithmConfig:
 
 @dataclasses.dataclass
 class RewardsConfig:
-    """Weighted rule rewards (r1_megatron/rewards/registry.py). `accuracy` names the reward reported as accuracy
-    and `format` the one reported as format rate (None: not reported). plugin_modules: modules that register
-    more rewards (imported by the reward workers too)."""
+    """Weighted rule rewards (r1_megatron/rewards/registry.py) and model rewards (`models`: name -> a preference
+    reward model or a generative judge, rewards/model_rewards.py), in one weighted sum: `weights` names either.
+    `kinds`: a prompt's kind (data.kind_field) -> the rewards that score it (empty: every reward scores every
+    prompt). `accuracy` names the reward reported as accuracy and `format` the one reported as format rate (None:
+    not reported). plugin_modules: modules that register more rewards (imported by the reward workers too)."""
 
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"math_accuracy": 1.0, "format": 1.0})
     reward_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    models: dict[str, ModelRewardConfig] = dataclasses.field(default_factory=dict)
+    kinds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     accuracy: str | None = "math_accuracy"
     format: str | None = "format"
     num_workers: int = 2
@@ -203,6 +210,13 @@ class RewardsConfig:
     max_failed_steps: int = 3  # stop when every sample's reward failed this many steps in a row (0: never)
 
     def __post_init__(self):
+        self.models = {name: m if isinstance(m, ModelRewardConfig) else ModelRewardConfig(**m)
+                       for name, m in self.models.items()}
+        check_model_rewards(self.models, self.weights, self.kinds)
+        for name in self.reward_kwargs:
+            if name in self.models:
+                raise ValueError(f"rewards.reward_kwargs names the model reward {name!r}: set its options in "
+                                 f"rewards.models.{name}")
         try:  # reward names (plugins imported first), weights, workers, timeout, chunks
             self.runner_config()
         except (ValueError, ImportError) as e:
@@ -215,11 +229,19 @@ class RewardsConfig:
         if not isinstance(self.max_failed_steps, int) or self.max_failed_steps < 0:
             raise ValueError(f"rewards.max_failed_steps must be >= 0 (0: never stop), got {self.max_failed_steps!r}")
 
+    @property
+    def rule_weights(self) -> dict[str, float]:
+        """The weights of the rule rewards (those the reward workers compute)."""
+        return {name: w for name, w in self.weights.items() if name not in self.models}
+
     def runner_config(self):
-        """The reward runner's config (rewards/runner.py) for these settings."""
+        """The reward runner's config (rewards/runner.py) for the rule rewards; None when every reward is a model
+        reward (no worker pool is needed)."""
         from r1_megatron.rewards.runner import RewardConfig
 
-        return RewardConfig(weights=self.weights, reward_kwargs=self.reward_kwargs, num_workers=self.num_workers,
+        if self.models and not self.rule_weights:
+            return None
+        return RewardConfig(weights=self.rule_weights, reward_kwargs=self.reward_kwargs, num_workers=self.num_workers,
                             timeout_s=self.timeout_s, wall_timeout_s=self.wall_timeout_s,
                             worker_memory_bytes=self.worker_memory_bytes, startup_timeout_s=self.startup_timeout_s,
                             chunk_size=self.chunk_size, plugin_modules=tuple(self.plugin_modules))
@@ -279,7 +301,11 @@ class GRPORunConfig(RunConfig):
         of its samples fails in the reward workers, hours into the run instead of now."""
         from r1_megatron.rewards.registry import reward_needs
 
-        for name in self.rewards.weights:
+        kinds = self.rewards.kinds
+        if kinds and self.data.kind_field is None and "default" not in kinds:
+            raise ValueError(f"rewards.kinds has no 'default' entry, and data.kind_field is null (every prompt's "
+                             f"kind is 'default'); kinds: {', '.join(kinds)}")
+        for name in self.rewards.rule_weights:
             for field in reward_needs(name):
                 missing = self.data.missing_field(field)
                 if missing is not None:

@@ -59,7 +59,8 @@ def sandbox_notes(rewards: RewardsConfig) -> list[str]:
 def prompt_data_config(data: DataConfig) -> PromptDataConfig:
     return PromptDataConfig(paths=tuple(data.paths) or (f"synthetic:{data.synthetic}",),
                             question_field=data.question_field, answer_field=data.answer_field,
-                            tests_field=data.tests_field, template=data.template,
+                            tests_field=data.tests_field, kind_field=data.kind_field,
+                            template=data.template,
                             max_prompt_tokens=data.max_prompt_tokens, seed=data.seed, on_error=data.on_error,
                             answer_format=data.answer_format)
 
@@ -67,7 +68,7 @@ def prompt_data_config(data: DataConfig) -> PromptDataConfig:
 def reference_warnings(cfg: GRPORunConfig, dataset: PromptDataset) -> list[str]:
     """One warning per reward of the run that cannot read a large share of a bounded sample of the references."""
     samples = [(s.source, s.reward_sample()) for s in dataset.samples]
-    return [_reference_warning(r) for r in check_references(list(cfg.rewards.weights), samples)
+    return [_reference_warning(r) for r in check_references(list(cfg.rewards.rule_weights), samples)
             if r.failed and r.failed_fraction >= UNUSABLE_REFERENCE_WARN_FRACTION]
 
 

@@ -1,8 +1,8 @@
 """The GRPO trainer (DeepSeekMath §4.1, DeepSeek-R1-Zero): `GRPOTrainer(cfg).train()`.
 
 Each step: sample prompts → generate G completions each with the engine on the policy's own weights → score them
-with the rule rewards → group-normalised advantages (fused kernel) → old-policy and reference log-probabilities →
-μ epochs of mini-batch optimizer steps on the clipped-ratio + KL loss (fused kernel, from vocab-parallel logits)
+with the rule and model rewards (rewards/model_rewards.py) → group-normalised advantages (fused kernel) →
+old-policy and reference log-probabilities → μ epochs of mini-batch optimizer steps on the clipped-ratio + KL loss (fused kernel, from vocab-parallel logits)
 → log, checkpoint. Data parallelism splits the prompts; every rank of a tensor/expert-parallel group generates and
 trains the same rows together, and so does every stage of a pipeline (the loss statistics come from its last).
 """
@@ -16,6 +16,7 @@ from megatron.core import parallel_state
 from r1_megatron.evaluation.scorers import scorer_for_reward
 from r1_megatron.evaluation.training_eval import TrainingEvaluation, held_out_questions
 from r1_megatron.kernels import group_advantages
+from r1_megatron.rewards.model_rewards import build_reward_scorer
 from r1_megatron.rewards.runner import RewardRunner
 from r1_megatron.rollout import Engine, FinishReason, SamplingParams
 from r1_megatron.runtime import world_max
@@ -100,7 +101,7 @@ class GRPOTrainer:
 
     def train(self):
         cfg, run = self.cfg, self.run
-        rewards = RewardRunner(cfg.rewards.runner_config())
+        rewards = self.reward_scorer()
         with rewards, run.loop(cfg.steps, checks=(self.reward_health.end_step,)) as loop:
             if run.step == 0 and self._evaluation_due():
                 loop.log_before_first_step(self.evaluation.evaluate(0, self.engine))
@@ -119,7 +120,14 @@ class GRPOTrainer:
                 loop.end_step(metrics, samples=self.step_samples)
         return run.finish(cfg.steps)
 
-    def rollout(self, rewards: RewardRunner, stats: StepStats) -> list[RolloutSample]:
+    def reward_scorer(self):
+        """The rule rewards' worker pool (none when every reward is a model reward) and the model rewards, loaded
+        on this rank at the run's layout (collective)."""
+        runner_config = self.cfg.rewards.runner_config()
+        runner = RewardRunner(runner_config) if runner_config is not None else None
+        return build_reward_scorer(self.cfg.rewards, runner, tokenizer=self.task.tokenizer)
+
+    def rollout(self, rewards, stats: StepStats) -> list[RolloutSample]:
         """Generate and score this rank's share of the step's prompts; with dynamic sampling keep only groups
         whose rewards differ, drawing more prompts for up to `dynamic_sampling_rounds` extra rounds."""
         cfg, G = self.cfg, self.cfg.rollout.group_size
@@ -248,11 +256,15 @@ class GRPOTrainer:
         lengths = [len(s.token_ids) for s in batch.samples]
         stats.add_many("reward/total_mean", scored.total)
         self.reward_health.record(stats, scored)  # reward/errors, reward/timeouts, reward/crashes
-        for name, values in scored.per_reward.items():
-            stats.add_many(f"reward/{name}_mean", values)
+        for name, values in scored.per_reward.items():  # a reward's mean over the samples of its kinds
+            for v, applied in zip(values, scored.applied(name)):
+                stats.add(f"reward/{name}_mean", v, float(applied))
+        for name, count in scored.counts.items():
+            stats.total(f"reward/{name}", count)
         for role, name in (("accuracy", self.cfg.rewards.accuracy), ("format_rate", self.cfg.rewards.format)):
             if name is not None:
-                stats.add_many(role, [float(v >= 1.0) for v in scored.per_reward[name]])
+                for v, applied in zip(scored.per_reward[name], scored.applied(name)):
+                    stats.add(role, float(v >= 1.0), float(applied))
         stats.add_many("response_length/mean", lengths)
         stats.max("response_length/max", float(max(lengths)))
         stats.add_many("response_length/truncated_frac", [not s.stopped for s in batch.samples])

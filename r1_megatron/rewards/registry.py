@@ -12,6 +12,11 @@ Third-party rewards: call ``register_reward`` in a module and list that module i
 A reward declares the sample fields it reads (``needs``), so a run config that feeds it data without them is
 refused when it is loaded, and optionally a ``check(sample)`` that raises ValueError when a sample's reference
 data cannot be scored at all (a run checks a bounded sample of its prompts with it at start-up and warns).
+
+Model rewards (a preference reward model, a generative judge) are registered here too, by kind, with
+``register_model_reward(kind, factory)``: ``factory(name, config, tokenizer=...)`` loads the model on the caller's
+ranks and returns an object with ``score(texts, samples) -> list[float]`` (rewards/model_rewards.py). A run names
+one in ``rewards.models`` and weighs it in ``rewards.weights`` like a rule reward.
 """
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ from .template_format import format_reward, think_format
 RewardFn = Callable[..., float]
 RewardCheck = Callable[[Mapping[str, Any]], None]
 SAMPLE_FIELDS = ("answer", "tests")  # what every reward's `sample` holds (data's PromptSample.reward_sample)
+# optional sample key: the names of the rewards that apply to it (rewards.kinds); the others score 0.0 unrun
+APPLIES_FIELD = "applies"
+DEFAULT_KIND = "default"  # a prompt's kind when its data names none (data.kind_field null)
 
 
 def _math_accuracy(completion: str, sample: Mapping[str, Any], **kwargs) -> float:
@@ -89,6 +97,35 @@ _NEEDS: dict[str, tuple[str, ...]] = {"math_accuracy": ("answer",), "code_tests"
                                       "exact_answer": ("answer",)}
 _CHECKS: dict[str, RewardCheck] = {"math_accuracy": _check_math_reference, "code_tests": _check_code_tests,
                                    "multiple_choice": _check_choice_reference, "exact_answer": _check_exact_reference}
+
+
+_MODEL_REWARDS: dict[str, Callable[..., Any] | str] = {
+    "preference": "r1_megatron.rewards.model_rewards:PreferenceReward",
+    "judge": "r1_megatron.rewards.judge:GenerativeJudge",
+}
+
+
+def register_model_reward(kind: str, factory: Callable[..., Any]) -> None:
+    """Add a model reward kind: ``factory(name, config, *, tokenizer)`` -> an object with
+    ``score(texts, samples) -> list[float]`` and ``close()`` (kinds are unique)."""
+    if kind in _MODEL_REWARDS and _MODEL_REWARDS[kind] is not factory:
+        raise ValueError(f"model reward kind {kind!r} is already registered")
+    _MODEL_REWARDS[kind] = factory
+
+
+def model_reward_kinds() -> list[str]:
+    return sorted(_MODEL_REWARDS)
+
+
+def get_model_reward(kind: str) -> Callable[..., Any]:
+    """The factory registered for model reward ``kind``; ValueError naming the known kinds otherwise."""
+    if kind not in _MODEL_REWARDS:
+        raise ValueError(f"unknown model reward kind {kind!r}; registered: {model_reward_kinds()}")
+    entry = _MODEL_REWARDS[kind]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = _MODEL_REWARDS[kind] = getattr(importlib.import_module(module), attr)
+    return entry
 
 
 def register_reward(name: str, *, needs: Sequence[str] = (), check: RewardCheck | None = None

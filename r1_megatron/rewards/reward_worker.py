@@ -11,7 +11,7 @@ import traceback
 from multiprocessing.connection import Connection
 
 from .math_reward import load_math_verify, math_accuracy
-from .registry import get_reward
+from .registry import APPLIES_FIELD, get_reward
 from .runner import OUT_OF_MEMORY_EXIT
 from .sandbox import kill_sandbox_processes, remove_sandbox_dirs
 
@@ -34,7 +34,11 @@ def score_sample(completion, sample, names, reward_kwargs) -> tuple[dict[str, fl
     A MemoryError (the worker's address-space limit) ends the worker: exiting is the sure way to give the
     memory back, and the runner reports the sample as a crash and scores the rest of the chunk elsewhere."""
     scores, error = {}, None
+    applies = sample.get(APPLIES_FIELD)  # rewards.kinds: the rewards of the sample's kind; others are not run
     for name in names:
+        if applies is not None and name not in applies:
+            scores[name] = 0.0
+            continue
         try:
             scores[name] = float(get_reward(name)(completion, sample, **reward_kwargs.get(name, {})))
         except MemoryError:

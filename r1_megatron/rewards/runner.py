@@ -134,10 +134,21 @@ class RewardBatch:
     wall_s: float
     errors: list[str | None] = dataclasses.field(default_factory=list)
     retries: int = 0
+    # rewards.kinds: reward -> which samples it scored (a reward absent here scored every sample)
+    applies: dict[str, list[bool]] = dataclasses.field(default_factory=dict)
+    counts: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. a judge's unparsed verdicts
+
+    def applied(self, name: str) -> list[bool]:
+        """Which samples reward ``name`` scored (its other values are 0.0 and count in no mean)."""
+        return self.applies.get(name) or [True] * len(self.total)
 
     def metrics(self) -> dict[str, float]:
         counts = collections.Counter(self.failure)
-        out = {f"reward/{name}_mean": sum(v) / max(len(v), 1) for name, v in self.per_reward.items()}
+        out = {}
+        for name, values in self.per_reward.items():
+            scored = [v for v, applied in zip(values, self.applied(name)) if applied]
+            out[f"reward/{name}_mean"] = sum(scored) / max(len(scored), 1)
+        out.update({f"reward/{name}": float(value) for name, value in self.counts.items()})
         out["reward/total_mean"] = sum(self.total) / max(len(self.total), 1)
         out.update({"reward/timeouts": float(counts["timeout"]), "reward/crashes": float(counts["crash"]),
                     "reward/errors": float(counts["error"]), "reward/retries": float(self.retries)})

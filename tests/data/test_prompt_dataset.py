@@ -37,7 +37,7 @@ def test_jsonl_with_custom_fields(tmp_path):
     assert [(s.question, s.answer, s.source) for s in ds.samples] == [("1+1?", "2", f"{path}:1"),
                                                                       ("2+2?", "4", f"{path}:3")]
     assert ds.samples[0].prompt == render_r1_zero("1+1?")
-    assert ds.samples[0].reward_sample() == {"answer": "2", "tests": None}
+    assert ds.samples[0].reward_sample() == {"answer": "2", "tests": None, "question": "1+1?", "kind": "default"}
 
 
 def test_parquet_with_tests_field(tmp_path):
