@@ -103,8 +103,9 @@ class FiltersConfig:
 
 
 def _sample_rewards() -> RewardsConfig:
-    # correctness only: the R1-Zero template's format reward fails a chat model's responses (no <answer> tags)
-    return RewardsConfig(weights={"math_accuracy": 1.0}, format=None)
+    # correctness only: the R1-Zero template's format reward fails a chat model's responses (no <answer> tags);
+    # no reward is reported as accuracy or format rate (keep.require says what counts)
+    return RewardsConfig(weights={"math_accuracy": 1.0}, accuracy=None, format=None)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ paragraphs, and code blocks"; it publishes neither thresholds nor detectors, so 
 - code blocks (`has_code_block`): a Markdown fence in the reasoning, three backticks anywhere or three tildes at
   the start of a line (a fence written mid-line is still a code block in the model's intent).
 - de-duplication (`dedup_key`): exact text, or the normalised text (`normalise_text`: NFKC, case-folded,
-  punctuation and symbols removed, whitespace collapsed), of the question and the response together.
+  punctuation and symbols as spaces, whitespace collapsed), of the question and the response together.
 """
 from __future__ import annotations
 
@@ -65,11 +65,12 @@ def has_code_block(reasoning: str) -> bool:
 
 
 def normalise_text(text: str) -> str:
-    """The text NFKC-normalised and case-folded, without punctuation or symbols (Unicode categories P* and S*),
-    its whitespace runs collapsed to one space: "Hello,  World!" and "hello world" are the same."""
+    """The text NFKC-normalised and case-folded, punctuation and symbols (Unicode categories P* and S*) turned
+    into spaces, whitespace runs collapsed to one space: "Hello,World!", "hello  world" and "HELLO, WORLD" are
+    the same ("hello world")."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    kept = "".join(" " if c.isspace() else c for c in folded if unicodedata.category(c)[0] not in "PS")
-    return " ".join(kept.split())
+    spaced = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in folded)
+    return " ".join(spaced.split())
 
 
 def dedup_key(question: str, response: str, mode: str) -> str | None:
