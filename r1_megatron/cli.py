@@ -100,6 +100,21 @@ def _eval(args) -> int:
     return run(args)
 
 
+# ---- sample --------------------------------------------------------------------------------------------------
+
+
+def _sample_args(parser) -> None:
+    from r1_megatron.sampling.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _sample(args) -> int:
+    from r1_megatron.sampling.command import main as run
+
+    return run(args)
+
+
 # ---- train ALGORITHM ---------------------------------------------------------------------------------------
 
 
@@ -167,6 +182,11 @@ COMMANDS = {
     "eval": Command("evaluate a model on benchmarks: R1's pass@1 over k samples, pass@k, cons@k", _eval_args, _eval,
                     "R1's protocol by default (temperature 0.6, top-p 0.95, k samples per question). Under torchrun, "
                     "every rank runs this command (parallel.tp=..., parallel.ep=...; data parallel over the rest)."),
+    "sample": Command("rejection sampling: k samples per prompt, keep the correct ones that pass R1's readability "
+                      "filters, as SFT data", _sample_args, _sample,
+                      "R1's rejection sampling (docs/sampling.md): correct responses without mixed languages, long "
+                      "paragraphs or code blocks in the reasoning, de-duplicated. Under torchrun, every rank runs "
+                      "this command."),
     "plot": Command("write PNG charts of a run's metrics", _plot_args, _plot),
 }
 
