@@ -154,17 +154,8 @@ def sample_header(cfg: SampleRunConfig, model_id: dict, prompts: Sequence[Prompt
     return {"settings": settings}
 
 
-def build_scorer(cfg: SampleRunConfig, runner, tokenizer):
-    """The object whose .score(texts, samples) -> RewardBatch scores the samples: the rule-reward runner, with the
-    model rewards of rewards.models when the config has any (rewards/model_rewards.py)."""
-    if not getattr(cfg.rewards, "models", None):
-        return runner
-    from r1_megatron.rewards.model_rewards import build_reward_scorer
-
-    return build_reward_scorer(cfg.rewards, runner, tokenizer=tokenizer)
-
-
 def _sample(cfg: SampleRunConfig, model, prompts: list[Prompt], out: SampleFile | None) -> SampleSummary:
+    from r1_megatron.rewards.model_rewards import build_reward_scorer
     from r1_megatron.rewards.runner import RewardRunner
     from r1_megatron.rollout import Engine
 
@@ -174,13 +165,16 @@ def _sample(cfg: SampleRunConfig, model, prompts: list[Prompt], out: SampleFile 
                     eos_token_ids=[model.tokenizer.eos_token_id], seed=cfg.seed,
                     cache=cfg.engine.cache_for(max_seq_len), graphs=cfg.engine.graphs)
     started = time.perf_counter()
-    with RewardRunner(cfg.rewards.runner_config()) as runner:
-        scorer = build_scorer(cfg, runner, model.tokenizer)
-        try:
-            before = _Drawer(cfg, engine, model.tokenizer, scorer).run(prompts, out, model.model_id)
-        finally:
-            if scorer is not runner:
-                scorer.close()
+    runner_config = cfg.rewards.runner_config()  # None: every reward is a model reward, no worker pool
+    runner = RewardRunner(runner_config) if runner_config is not None else None
+    try:
+        scorer = build_reward_scorer(cfg.rewards, runner, tokenizer=model.tokenizer)
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        raise
+    with scorer:  # closes the runner too
+        before = _Drawer(cfg, engine, model.tokenizer, scorer).run(prompts, out, model.model_id)
     counts = total(out.prompts) if out is not None else None
     if out is not None:
         document = {**counts, "samples": str(out.samples_path), "settings": out.header["settings"],
@@ -254,8 +248,11 @@ class _Drawer:
         params = [self.cfg.sampling.params(prompt_seed(self.cfg.seed, p.index)) for p in share]
         batch = generate_and_score(self.engine, self.tokenizer, [p.prompt_ids for p in share],
                                    [p.reference for p in share], params, self.scorer)
-        mine = [(share[s.prompt_index].index, Drawn(s.sample_index, s.text, s.rewards, s.reward,
-                                                    s.finish_reason.value, s.failure)) for s in batch.samples]
+        # only the rewards of the sample's kind (rewards.kinds) scored it: keep.require tests those
+        applied = {name: batch.scored.applied(name) for name in batch.scored.per_reward}
+        mine = [(share[s.prompt_index].index,
+                 Drawn(s.sample_index, s.text, {n: v for n, v in s.rewards.items() if applied[n][i]}, s.reward,
+                       s.finish_reason.value, s.failure)) for i, s in enumerate(batch.samples)]
         gathered = [mine]
         if self.dp_size > 1:
             gathered = [None] * self.dp_size

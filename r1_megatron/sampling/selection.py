@@ -30,7 +30,7 @@ class Drawn:
 
     sample: int  # j of the prompt's k samples
     text: str  # the response, decoded without the EOS that ended it
-    rewards: dict[str, float]
+    rewards: dict[str, float]  # the rewards that scored it (those of its prompt's kind)
     reward: float  # their weighted sum
     finish_reason: str
     failure: str | None = None  # the reward runner's "timeout", "crash" or "error"
@@ -51,9 +51,10 @@ class Decision:
 
 def sample_checks(reasoning: str, rewards: dict[str, float], keep: KeepConfig, filters: FiltersConfig
                   ) -> dict[str, dict[str, Any]]:
-    """The filters that look at one sample alone: each reward of keep.require at its minimum; the reasoning's
+    """The filters that look at one sample alone: each reward of keep.require that scored the sample (`rewards`
+    holds those of its kind, rewards.kinds) at its minimum; the reasoning's
     language consistency, longest paragraph and code fences against their limits (a limit of null passes)."""
-    low = [name for name, minimum in keep.require.items() if rewards[name] < minimum]
+    low = [name for name, minimum in keep.require.items() if name in rewards and rewards[name] < minimum]
     consistency = reasoning_consistency(reasoning, filters.language.target)
     threshold = filters.language.min_consistency
     longest, limit = longest_paragraph_chars(reasoning), filters.max_paragraph_chars
