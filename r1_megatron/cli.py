@@ -100,6 +100,21 @@ def _eval(args) -> int:
     return run(args)
 
 
+# ---- pipeline ------------------------------------------------------------------------------------------------
+
+
+def _pipeline_args(parser) -> None:
+    from r1_megatron.pipeline.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _pipeline(args) -> int:
+    from r1_megatron.pipeline.command import main as run
+
+    return run(args)
+
+
 # ---- train ALGORITHM ---------------------------------------------------------------------------------------
 
 
@@ -168,6 +183,11 @@ COMMANDS = {
                     "R1's protocol by default (temperature 0.6, top-p 0.95, k samples per question). Under torchrun, "
                     "every rank runs this command (parallel.tp=..., parallel.ep=...; data parallel over the rest)."),
     "plot": Command("write PNG charts of a run's metrics", _plot_args, _plot),
+    "pipeline": Command("the R1 pipeline: stages (grpo, sft, sample, eval, ...) from one recipe, resumable",
+                        _pipeline_args, _pipeline,
+                        "Runs the recipe's stages in order in this process, each reading earlier stages' outputs "
+                        "(${STAGE.OUTPUT}); rerunning the same command skips finished stages and resumes an "
+                        "interrupted one. Under torchrun, every rank runs this command."),
 }
 
 
