@@ -15,7 +15,7 @@ from typing import Mapping
 from r1_megatron.run_config import ConfigError, build_config, config_to_dict, read_recipe
 
 from .config import PipelineConfig, PipelineEvalConfig, StageSpec
-from .references import check_references, deep_merge, dotted, first_difference, substitute
+from .references import check_references, deep_merge, dotted, first_difference, references_in, substitute
 from .stages import STAGE_KINDS, StageKind
 
 STAGE_RECORD, STAGE_CONFIG = "stage.json", "stage_config.json"  # a finished stage's result; what a stage runs with
@@ -149,10 +149,22 @@ class Pipeline:
             for stage in self.stages:
                 record = stage.finished()
                 cfg = self.stage_config(stage, paths)
+                self._check_export(stage, cfg)
                 eval_cfg = self.eval_config(paths) if stage.evaluated else None  # its references: earlier stages
                 self._check_unchanged(stage, self.stage_record(stage, cfg, eval_cfg), record)
                 produced = record["outputs"] if record else stand_ins(stage, Path(scratch))
                 paths |= {(stage.name, output): path for output, path in produced.items()}
+
+    def _check_export(self, stage: Stage, cfg) -> None:
+        """A model-producing stage (a training run) whose HF export is evaluated or read by a later stage must
+        write it (checkpoint.export_hf)."""
+        if not stage.kind.produces_model or cfg.checkpoint.export_hf:
+            return
+        readers = [s.name for s in self.stages for _, _, name, output in references_in(s.spec.config)
+                   if name == stage.name and output in ("model", "tokenizer")]
+        if stage.evaluated or readers:
+            why = f"stage {readers[0]} reads its HF model" if readers else "the pipeline evaluates its HF model"
+            self.fail(stage.key + ("checkpoint", "export_hf"), f"must be true: {why}")
 
     def _check_unchanged(self, stage: Stage, now: dict, record: dict | None) -> None:
         path = stage.dir / STAGE_CONFIG

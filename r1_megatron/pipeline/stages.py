@@ -40,7 +40,7 @@ class StageKind:
     run: Callable[[object, Path, bool], StageResult]  # (config, stage directory, resume) -> result; collective
     resumable: Callable[[Path], bool]  # whether an interrupted run left work that `run(..., resume=True)` continues
     dir_key: str | None  # the config key the pipeline sets to the stage directory (None: passed to `run`)
-    produces_model: bool  # evaluated after it runs (unless the stage says eval: false)
+    produces_model: bool  # a training run (its HF export: checkpoint.export_hf); evaluated unless eval: false
     count_name: str  # what StageResult.count counts, for the table
 
 

@@ -57,3 +57,27 @@ def micro_recipe(root: Path, run_dir: Path) -> Path:
     path = root / "pipeline.yaml"
     path.write_text(json.dumps(recipe, indent=1))  # JSON is YAML; one key per line, so errors name lines
     return path
+
+
+def sample_recipe(root: Path, run_dir: Path) -> Path:
+    """The micro pipeline with its middle stage rejection sampling from base (every sample kept: the point is the
+    plumbing) and final trained on those samples with base's tokenizer: sft -> sample -> sft."""
+    recipe = micro_recipe(root, run_dir)
+    data = json.loads(recipe.read_text())
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(q) + "\n" for q in chat_questions(8, seed=5)))
+    off = {"language": {"min_consistency": None}, "max_paragraph_chars": None, "code_blocks": "keep", "dedup": "none"}
+    data["stages"]["middle"] = {"command": "sample", "config": {
+        "model": {"path": "${base.model}", "dtype": "fp32"},
+        "data": {"paths": [str(prompts)], "template": "chat", "answer_format": "raw"},
+        "sampling": {"k": 2, "max_new_tokens": 40}, "keep": {"require": {}}, "filters": off,
+        "rewards": {"weights": {"exact_answer": 1.0}, "accuracy": "exact_answer", "format": None,
+                    "num_workers": 1},
+        "engine": {"max_batch_size": 16}, "progress": False}}
+    final = data["stages"]["final"]["config"]
+    final["model"]["path"] = "${base.model}"
+    final["data"] = {"paths": ["${middle.samples}"], "tokenizer": "${base.tokenizer}", "template": "chat",
+                     "max_seq_len": 128}
+    final["evaluation"] = {"every_steps": 0}
+    recipe.write_text(json.dumps(data, indent=1))
+    return recipe

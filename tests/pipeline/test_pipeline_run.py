@@ -80,3 +80,18 @@ def test_kill_9_in_the_middle_stage_then_the_same_command_resumes_bit_identicall
         assert a.keys() == b.keys()
         for name in a:
             assert torch.equal(a[name], b[name]), (stage, name)
+
+
+def test_sft_then_rejection_sampling_then_sft_on_the_samples(tmp_path):
+    pytest.importorskip("r1_megatron.sampling.command")  # `r1-megatron sample` (its own part of the project)
+    from tests.pipeline.micro_recipe import sample_recipe
+
+    run = tmp_path / "run"
+    result = pipeline(sample_recipe(tmp_path, run))
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = json.loads((run / "pipeline.json").read_text())
+    assert [(r["stage"], r["command"], r["count"]) for r in rows] == [
+        ("base", "sft", 6), ("middle", "sample", 16), ("final", "sft", 4)]  # 8 prompts x 2 samples, all kept
+    samples = (run / "stages" / "middle" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 16 and "sft: 16 training examples" in result.stdout  # the final stage read them
+    assert set(rows[2]["eval"]) == {"chat"}

@@ -68,6 +68,10 @@ def test_a_reference_to_no_stage_names_the_line_stage_and_key(recipe):
                                    "sample, eval, toy_data)"),
     ("stages.final.recipe=missing.yaml", "stages.final.recipe: "),
     ("eval.sampling.k=0", "sampling.k must be an integer >= 1"),
+    ("stages.base.config.checkpoint.export_hf=false", "stages.base.config.checkpoint.export_hf: must be true: "
+                                                      "stage middle reads its HF model"),
+    ("stages.final.config.checkpoint.export_hf=false", "stages.final.config.checkpoint.export_hf: must be true: "
+                                                       "the pipeline evaluates its HF model"),
 ])
 def test_bad_input_is_one_line_naming_the_stage_and_key(recipe, override, message):
     found = refused(recipe, override)
