@@ -18,6 +18,7 @@ from r1_megatron.atomic_file import write_text_atomically
 
 from .plan import STAGE_CONFIG, STAGE_RECORD, Pipeline, Stage
 from .report import held_out_scores, pipeline_table
+from .stages import world_barrier
 
 TABLE_MD, TABLE_JSON = "pipeline.md", "pipeline.json"
 
@@ -87,7 +88,7 @@ def _run_stage(pipeline: Pipeline, stage: Stage, paths, rank0: bool) -> dict:
         stage.dir.mkdir(parents=True, exist_ok=True)
         record = pipeline.stage_record(stage, cfg, eval_cfg)
         write_text_atomically(stage.dir / STAGE_CONFIG, json.dumps(record, indent=2) + "\n")
-    _barrier()
+    world_barrier()
     _say(rank0, f"pipeline: stage {stage.name} ({stage.spec.command}): {'resuming' if resume else 'starting'} "
                 f"in {stage.dir}")
     started = time.perf_counter()
@@ -104,7 +105,7 @@ def _run_stage(pipeline: Pipeline, stage: Stage, paths, rank0: bool) -> dict:
     gc.collect()  # the stage's models, engine and optimizer go before the next stage builds its own
     if rank0:
         write_text_atomically(stage.dir / STAGE_RECORD, json.dumps(row, indent=2) + "\n")
-    _barrier()
+    world_barrier()
     return row
 
 
@@ -113,6 +114,7 @@ def _evaluate(pipeline: Pipeline, stage: Stage, eval_cfg, model_dir: str) -> dic
 
     out = stage.dir / "eval"
     evaluate(eval_cfg.run_config(model_dir, out, pipeline.cfg.seed), keep_process_group=True)
+    world_barrier()
     return held_out_scores(json.loads((out / RESULTS_FILE).read_text())["results"])
 
 
@@ -125,15 +127,6 @@ def _pass1_before(stage_dir: Path) -> float | None:
     except FileNotFoundError:
         return None
     return next((r["eval/pass@1"] for r in records if r["step"] == 0 and "eval/pass@1" in r), None)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    from r1_megatron.runtime import world_gloo_group
-
-    if dist.get_world_size() > 1:
-        dist.barrier(group=world_gloo_group())
 
 
 def _say(rank0: bool, message: str) -> None:

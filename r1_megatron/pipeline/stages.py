@@ -44,6 +44,17 @@ class StageKind:
     count_name: str  # what StageResult.count counts, for the table
 
 
+def world_barrier() -> None:
+    """Wait for every rank: files rank 0 writes at the end of a command (samples.jsonl, results.json) are read
+    by all ranks only after it."""
+    import torch.distributed as dist
+
+    from r1_megatron.runtime import world_gloo_group
+
+    if dist.get_world_size() > 1:
+        dist.barrier(group=world_gloo_group())
+
+
 def fixed_outputs(outputs: Mapping[str, Output], stage_dir: Path) -> dict[str, str]:
     """The paths of the outputs whose place is fixed (all but what the command returns)."""
     return {name: str(stage_dir / o.path) if o.path != "." else str(stage_dir)
@@ -108,6 +119,7 @@ def _sample(cfg, stage_dir: Path, resume: bool) -> StageResult:
     from r1_megatron.sampling.command import sample
 
     sample(cfg, keep_process_group=True)  # resumes from OUT/samples.jsonl by itself
+    world_barrier()
     path = stage_dir / SAMPLED["samples"].path
     with open(path, encoding="utf-8") as f:
         kept = sum(1 for line in f if line.strip())
@@ -135,6 +147,7 @@ def _eval(cfg, stage_dir: Path, resume: bool) -> StageResult:
     from r1_megatron.evaluation.command import evaluate
 
     evaluate(cfg, keep_process_group=True)  # resumes from OUT/samples.jsonl by itself
+    world_barrier()
     path = stage_dir / EVALUATED["results"].path
     results = json.loads(path.read_text())["results"]
     return StageResult(fixed_outputs(EVALUATED, stage_dir), sum(r["questions"] for r in results.values()))
