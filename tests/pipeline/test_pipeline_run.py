@@ -62,7 +62,7 @@ def test_kill_9_in_the_middle_stage_then_the_same_command_resumes_bit_identicall
         while not (killed / "stages" / "middle" / "checkpoints" / "step_00000004").is_dir():
             assert proc.poll() is None and time.time() < deadline, "the pipeline ended before the middle checkpoint"
             time.sleep(0.05)
-        time.sleep(0.3)  # into step 5 or later, nothing of which may survive
+        time.sleep(0.1)  # into step 5 or later, nothing of which may survive
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert (killed / "stages" / "base" / "stage.json").is_file()

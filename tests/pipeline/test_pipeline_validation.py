@@ -123,3 +123,15 @@ def test_a_command_whose_module_is_missing_matters_only_when_a_recipe_uses_it(re
     Pipeline(recipe).validate()  # no toy_data stage
     message = refused(recipe, "stages.assets={command: toy_data}")
     assert "stages.assets.command: toy_data: its module is not available" in message, message
+
+
+def test_the_docs_worked_example_validates(tmp_path, monkeypatch):
+    pytest.importorskip("r1_megatron.sampling.config")  # its middle stage is `r1-megatron sample`
+    from tests.doc_examples import doc_examples
+
+    (tmp_path / "micro.yaml").write_text(doc_examples("pipeline.md")["micro_pipeline"])
+    monkeypatch.chdir(tmp_path)  # its relative paths
+    pipeline = Pipeline("micro.yaml")
+    pipeline.validate()
+    assert [(s.name, s.spec.command, s.evaluated) for s in pipeline.stages] == [
+        ("cold_start", "sft", False), ("rejection_sampling", "sample", False), ("sft_from_cold_start", "sft", True)]
