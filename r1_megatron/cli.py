@@ -115,6 +115,21 @@ def _sample(args) -> int:
     return run(args)
 
 
+# ---- pipeline ------------------------------------------------------------------------------------------------
+
+
+def _pipeline_args(parser) -> None:
+    from r1_megatron.pipeline.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _pipeline(args) -> int:
+    from r1_megatron.pipeline.command import main as run
+
+    return run(args)
+
+
 # ---- train ALGORITHM ---------------------------------------------------------------------------------------
 
 
@@ -188,6 +203,11 @@ COMMANDS = {
                       "paragraphs or code blocks in the reasoning, de-duplicated. Under torchrun, every rank runs "
                       "this command."),
     "plot": Command("write PNG charts of a run's metrics", _plot_args, _plot),
+    "pipeline": Command("the R1 pipeline: stages (grpo, sft, sample, eval, ...) from one recipe, resumable",
+                        _pipeline_args, _pipeline,
+                        "Runs the recipe's stages in order in this process, each reading earlier stages' outputs "
+                        "(${STAGE.OUTPUT}); rerunning the same command skips finished stages and resumes an "
+                        "interrupted one. Under torchrun, every rank runs this command."),
 }
 
 

@@ -44,13 +44,28 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: Sequence[s
     if cls is None:
         from r1_megatron.grpo.config import GRPORunConfig as cls
     recipe = Path(getattr(cls, "DEFAULT_RECIPE", DEFAULT_RECIPE)) if path is None else Path(path)
-    name = recipe.name if path is None else os.fspath(path)
-    data, sources = _read_recipe(recipe, name)
-    for item in overrides:
-        _apply_override(data, sources, item)
+    data, sources, name = read_recipe(recipe, overrides, name=recipe.name if path is None else None)
     if prepare is not None:
         prepare(data)
-    return _Builder(cls, sources, name).build(cls, data, ())
+    return build_config(cls, data, sources, name)
+
+
+def read_recipe(path: str | os.PathLike, overrides: Sequence[str] = (), *, name: str | None = None
+                ) -> tuple[dict, dict[Key, str], str]:
+    """(data, sources, name): the recipe's mapping after the overrides, where each key was written ("file:line"
+    or "command line") and the name messages give the file; for commands that build their config in parts (the
+    pipeline builds each stage's section as that command's config, `build_config(..., key=...)`)."""
+    name = os.fspath(path) if name is None else name
+    data, sources = _read_recipe(Path(path), name)
+    for item in overrides:
+        _apply_override(data, sources, item)
+    return data, sources, name
+
+
+def build_config(cls: type, data: dict, sources: dict[Key, str], name: str, key: Key = ()):
+    """The dataclass `cls` built from `data` as load_run_config builds it; `key`: where `data` sits in the recipe
+    that `sources` describes (messages then name the full dotted key, e.g. stages.sft.config.data.paths)."""
+    return _Builder(cls, sources, name).build(cls, data, key)
 
 
 def dump_run_config(cfg) -> str:

@@ -61,10 +61,11 @@ def _flag_overrides(args) -> list[str]:
 # ------------------------------------------------------------------------------------------- evaluate
 
 
-def evaluate(cfg: EvalRunConfig) -> int:
+def evaluate(cfg: EvalRunConfig, *, keep_process_group: bool = False) -> int:
     """Load the benchmarks and their questions (bad input fails before any model is loaded), then the model and
     the engine; run every question not in OUT/samples.jsonl yet; write results.json and print the table (rank 0).
-    Collective under torchrun."""
+    Collective under torchrun. keep_process_group: leave torch.distributed up afterwards (`r1-megatron pipeline`
+    runs further stages in this process; the command itself tears it down on every exit path)."""
     import torch.distributed as dist
 
     from .benchmark_suite import load_benchmarks, load_questions
@@ -88,7 +89,7 @@ def evaluate(cfg: EvalRunConfig) -> int:
     finally:  # every exit path: ranks must not wait on a peer that has left
         if store is not None:
             store.close()
-        if dist.is_initialized():
+        if dist.is_initialized() and not keep_process_group:
             dist.destroy_process_group()
     return 0
 
