@@ -50,8 +50,8 @@ setup(
     packages=[NAME, *(f"{NAME}.{p}" for p in find_packages(NAME)), f"{NAME}.kernels"],
     package_dir={NAME: NAME, f"{NAME}.kernels": "kernels"},
     package_data={NAME: ["py.typed", "grpo/recipes/*.yaml", "sft/recipes/*.yaml", "evaluation/recipes/*.yaml",
-                         "sampling/recipes/*.yaml", "evaluation/benchmarks.yaml", "evaluation/data/*.jsonl",
-                         "evaluation/data/*.csv"]},
+                         "sampling/recipes/*.yaml", "pipeline/recipes/*.yaml", "evaluation/benchmarks.yaml",
+                         "evaluation/data/*.jsonl", "evaluation/data/*.csv"]},
     install_requires=[
         "torch>=2.4",
         "megatron-core==0.16.1",  # the CPU compatibility layer patches this exact version's internals

@@ -5,8 +5,8 @@
 
 The dataclass tree is built from the type hints (nested and frozen dataclasses, `X | None`, `list[X]`, `tuple[X, ...]`,
 `dict[K, V]`, enums by value, `Any`); values are checked strictly (an int field refuses 2.0, "2" and true; a float
-field refuses .inf and .nan) so a typo fails here, not hours into a run. Every problem is one `ConfigError` line naming where it came from
-(`recipe.yaml:12`, or `command line`) and the dotted key.
+field refuses .inf and .nan) so a typo fails here, not hours into a run. Every problem is one `ConfigError` line
+naming where it came from (`recipe.yaml:12`, or `command line`) and the dotted key.
 """
 from __future__ import annotations
 

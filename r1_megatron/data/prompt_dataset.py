@@ -29,9 +29,9 @@ class PromptDataConfig:
     """Where prompts come from and how they become model inputs.
 
     ``answer_field``/``tests_field`` may be None when a task has no answer (or no tests). ``kind_field``: the
-    field naming the prompt's kind (which rewards score it, rewards.kinds); None: every kind is "default". ``answer_format``
-    says where the final answer is in the answer field (see ``answer_format.py``); the sample holds that final
-    answer. ``max_prompt_tokens`` drops (and counts) prompts whose token count exceeds it. ``on_error="skip"``
+    field naming the prompt's kind (which rewards score it, rewards.kinds); None: every kind is "default".
+    ``answer_format`` says where the final answer is in the answer field (see ``answer_format.py``); the sample
+    holds that final answer. ``max_prompt_tokens`` drops (and counts) prompts whose token count exceeds it. ``on_error="skip"``
     counts and skips malformed lines, records missing a field or holding an unusable one (docs/data.md) and
     unreadable answers instead of raising.
     """

@@ -2,8 +2,8 @@
 
 Each step: sample prompts → generate G completions each with the engine on the policy's own weights → score them
 with the rule and model rewards (rewards/model_rewards.py) → group-normalised advantages (fused kernel) →
-old-policy and reference log-probabilities → μ epochs of mini-batch optimizer steps on the clipped-ratio + KL loss (fused kernel, from vocab-parallel logits)
-→ log, checkpoint. Data parallelism splits the prompts; every rank of a tensor/expert-parallel group generates and
+old-policy and reference log-probabilities → μ epochs of mini-batch optimizer steps on the clipped-ratio + KL
+loss (fused kernel, from vocab-parallel logits) → log, checkpoint. Data parallelism splits the prompts; every rank of a tensor/expert-parallel group generates and
 trains the same rows together, and so does every stage of a pipeline (the loss statistics come from its last).
 """
 from __future__ import annotations
