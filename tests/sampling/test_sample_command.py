@@ -130,3 +130,27 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_key(inputs, finished,
     assert err.startswith("r1-megatron sample: error: ") and "\n" not in err
     assert "written with other settings (settings.sampling.k: 4 in the file, 2 now)" in err
     assert (out / "samples.jsonl").read_bytes() == before
+
+
+def test_kinds_route_rule_rewards_and_a_generative_judge_in_one_run(inputs, tmp_path):
+    """Reasoning prompts scored by math_accuracy, general prompts by a generative judge (the tiny model itself, its
+    verdicts unreadable: they score 0 and are counted), in one `sample` run: each kept record carries the rewards of
+    its own kind only, and keep.require tests only those."""
+    model, _ = inputs
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1), "kind": "reasoning"} for i in range(2)]
+    rows += [{"question": f"Say hello to friend {i}.", "answer": "hello", "kind": "general"} for i in range(2)]
+    prompts = tmp_path / "mixed.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    settings = ["data.template=chat", "data.kind_field=kind", "sampling.max_new_tokens=8", "sampling.k=2",
+                "model.dtype=fp32", "rewards.num_workers=1", "progress=false",
+                "rewards.weights={format: 1.0, agrees: 1.0}", "keep.require={agrees: 0.0}",
+                f"rewards.models={{agrees: {{kind: judge, path: {model}, dtype: fp32, max_new_tokens: 4}}}}",
+                "rewards.kinds={reasoning: [format], general: [agrees]}", "filters.language.min_consistency=null",
+                "filters.max_paragraph_chars=null", "filters.dedup=none"]
+    assert main(["sample", "--model", str(model), "--data", str(prompts), "--out", str(out), *settings]) == 0
+    records = lines(out / "samples.jsonl")
+    kinds = {r["kind"]: set(r["provenance"]["rewards"]) for r in records}
+    assert kinds == {"reasoning": {"format"}, "general": {"agrees"}}, kinds
+    assert len(records) == 8  # nothing filtered: the judge's minimum is 0 and format is not required
+    assert all(r["provenance"]["rewards"]["agrees"] in (0.0, 1.0) for r in records if r["kind"] == "general")
