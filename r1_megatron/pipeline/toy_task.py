@@ -126,7 +126,8 @@ def _long_paragraph(digits, rng):
 
 def _code_block(digits, rng):
     a, b, c = digits
-    return f"```\n{a}+{b}={a + b}\n{a + b}+{c}={a + b + c}\n```", str(a + b + c)
+    # words in it (python, s, t): the language filter passes it and the code-block filter is the one to reject it
+    return f"```python\ns = {a}+{b}  # {a + b}\nt = s+{c}  # {a + b + c}\n```", str(a + b + c)
 
 
 PRETRAIN_KINDS: dict[str, Callable] = {
