@@ -56,7 +56,7 @@ CHAT_TEMPLATE = (
 # The base model's pretraining mix: kind -> share. Measured (docs/toy_pipeline.md): with about half of it
 # readable and correct the SFT'd base answers some held-out questions (GRPO needs mixed groups) and R1-Zero has
 # room to improve; the flawed kinds give the readability filters and the language reward their cases.
-PRETRAIN_MIX = {"readable": 0.45, "wrong": 0.2, "mixed_language": 0.15, "long_paragraph": 0.1, "code_block": 0.1}
+PRETRAIN_MIX = {"readable": 0.3, "wrong": 0.15, "mixed_language": 0.25, "long_paragraph": 0.15, "code_block": 0.15}
 WORDS = ("cat", "dog", "sun", "tree", "bird", "fish", "moon", "star", "rain", "wind", "leaf", "rock")
 ADJECTIVES = ("small", "warm", "quiet", "bright", "old", "green", "soft", "fast")
 PREFERRED = frozenset(string.ascii_lowercase + " ")  # the toy reward model's preferred characters
