@@ -156,3 +156,18 @@ def test_toy_reward_model_loads_in_transformers_and_prefers_plain_words(assets):
 def test_bad_sizes_name_the_key(field, value):
     with pytest.raises(ValueError, match=rf"^toy_data\.{field} must be"):
         ToyDataConfig(**{field: value})
+
+
+def test_toy_reward_model_scores_the_same_through_load_reward_model(assets):
+    from r1_megatron.models.reward_model import load_reward_model
+    from r1_megatron.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(assets["reward_model"])
+    texts = ["hello cat", "12+3 is 15!!", "所以是 15"]
+    seqs = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": "Describe a cat."},
+                                                           {"role": "assistant", "content": t}],
+                                                          add_generation_prompt=False)) for t in texts]
+    scores = load_reward_model(assets["reward_model"]).score(seqs, batch_size=2)
+    for score, ids in zip(scores, seqs):
+        p = sum(toy_task.VOCAB[i] in toy_task.PREFERRED for i in ids) / len(ids)
+        assert score == pytest.approx(toy_task.toy_reward_score(p), abs=1e-5)
