@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Mapping
@@ -90,7 +91,7 @@ class Pipeline:
         try:
             check(value, key, *args)
         except ValueError as e:
-            where = str(e).partition(":")[0]
+            where = re.sub(r"\[\d+\]", "", str(e).partition(":")[0])  # paths[0] was written where paths was
             raise ConfigError(f"{self.source(tuple(where.split('.')))}: {e}") from None
 
     # ------------------------------------------------------------------------------------------- configs

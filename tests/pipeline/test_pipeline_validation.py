@@ -135,3 +135,9 @@ def test_the_docs_worked_example_validates(tmp_path, monkeypatch):
     pipeline.validate()
     assert [(s.name, s.spec.command, s.evaluated) for s in pipeline.stages] == [
         ("cold_start", "sft", False), ("rejection_sampling", "sample", False), ("sft_from_cold_start", "sft", True)]
+
+
+def test_a_bad_reference_in_a_list_given_on_the_command_line_names_the_command_line(recipe):
+    message = refused(recipe, 'stages.final.config.data.paths=["${base.samples}"]')
+    assert message.startswith("command line: stages.final.config.data.paths[0]: ${base.samples}: stage 'base' "
+                              "produces no output 'samples'"), message
