@@ -19,7 +19,8 @@ from r1_megatron.runtime import ParallelConfig
 from r1_megatron.training.optimizer import LRDecay
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+PIPELINE_RECIPES = {"r1_pipeline_deepseek-v3_64nodes.yaml"}  # `r1-megatron pipeline` (tests/pipeline/test_recipes.py)
+EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name not in PIPELINE_RECIPES)
 GPU_RECIPES = {  # recipe -> (model preset, world size)
     "qwen2.5-math-7b_1node.yaml": ("qwen2.5-math-7b", 8),
     "moonlight-16b-a3b_2nodes.yaml": ("moonlight-16b-a3b", 16),
@@ -55,6 +56,7 @@ def config_error(path, overrides=(), cls=None) -> str:
 
 def test_examples_folder_has_every_recipe():
     assert {p.name for p in EXAMPLES} == set(GPU_RECIPES) | set(SFT_RECIPES)
+    assert PIPELINE_RECIPES <= {p.name for p in (REPO / "examples").glob("*.yaml")}
 
 
 def _config_class(path):
