@@ -3,12 +3,11 @@ character-level tokenizer made for it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 from typing import Any, Mapping
 
-from r1_megatron.atomic_file import write_text_atomically
+from r1_megatron.data.char_tokenizer import write_char_tokenizer
 
 ARITHMETIC_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 ARITHMETIC_CHARS = tuple("0123456789") + ("+", "=")
@@ -62,18 +61,7 @@ def build_arithmetic_tokenizer(directory: str | os.PathLike) -> str:
     character is its own token (a BPE model without merges); special tokens are matched in text. Loadable by
     ``r1_megatron.tokenizer.load_tokenizer`` and by transformers' ``PreTrainedTokenizerFast``. Deterministic.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    vocab = {tok: i for i, tok in enumerate(ARITHMETIC_SPECIALS + ARITHMETIC_CHARS + ARITHMETIC_SPARES)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ARITHMETIC_SPECIALS + ARITHMETIC_SPARES])
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
               "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": 64, "clean_up_tokenization_spaces": False}
-    # every rank of a run builds these files at once: no rank may read a file another has just truncated
-    write_text_atomically(os.path.join(directory, "tokenizer.json"), tokenizer.to_str(pretty=True))
-    write_text_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(config, indent=2))
-    return directory
+    return write_char_tokenizer(directory, ARITHMETIC_SPECIALS + ARITHMETIC_CHARS + ARITHMETIC_SPARES,
+                                specials=ARITHMETIC_SPECIALS + ARITHMETIC_SPARES, config=config)

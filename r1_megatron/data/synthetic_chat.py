@@ -3,12 +3,11 @@ short R1-style chats (the assistant reasons in `reasoning_content`, then answers
 character-level tokenizer with a ChatML chat template made for them."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import string
 
-from r1_megatron.atomic_file import write_text_atomically
+from r1_megatron.data.char_tokenizer import write_char_tokenizer
 
 CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, turn start, end of turn (= EOS)
 CHAT_CHARS = tuple(string.digits + string.ascii_letters + string.punctuation + " \n")
@@ -53,19 +52,8 @@ def build_chat_tokenizer(directory: str | os.PathLike) -> str:
     """Write a character-level tokenizer with the ChatML template to `directory` (loadable by
     r1_megatron.tokenizer.load_tokenizer and transformers' PreTrainedTokenizerFast); ids: 0 <|endoftext|> (pad),
     1 <|im_start|>, 2 <|im_end|> (eos), then one per character. Deterministic."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    vocab = {tok: i for i, tok in enumerate(CHAT_SPECIALS + CHAT_CHARS + ("<unk>",))}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in CHAT_SPECIALS])
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
               "unk_token": "<unk>", "model_max_length": 512, "clean_up_tokenization_spaces": False,
               "chat_template": CHAT_TEMPLATE}
-    # every rank of a run builds these files at once: no rank may read a file another has just truncated
-    write_text_atomically(os.path.join(directory, "tokenizer.json"), tokenizer.to_str(pretty=True))
-    write_text_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(config, indent=2))
-    return directory
+    return write_char_tokenizer(directory, CHAT_SPECIALS + CHAT_CHARS + ("<unk>",), specials=CHAT_SPECIALS,
+                                config=config)

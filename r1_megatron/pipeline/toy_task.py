@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from r1_megatron.atomic_file import write_text_atomically
+from r1_megatron.data.char_tokenizer import write_char_tokenizer
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, turn start, end of turn (= EOS)
 THINK_TOKENS = ("<think>", "</think>")  # single tokens that decode as text (not special)
@@ -202,21 +203,10 @@ def build_toy_tokenizer(directory: str | os.PathLike) -> str:
     """Write the character tokenizer (ids in VOCAB order: 0 pad, 1 <|im_start|>, 2 <|im_end|> = EOS, 3 <think>,
     4 </think>, then one per character, <unk> last) to ``directory``; loadable by r1_megatron.tokenizer and by
     transformers' PreTrainedTokenizerFast."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE(vocab={tok: i for i, tok in enumerate(VOCAB)}, merges=[], unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIALS])
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
               "unk_token": "<unk>", "model_max_length": 512, "clean_up_tokenization_spaces": False,
               "chat_template": CHAT_TEMPLATE}
-    write_text_atomically(os.path.join(directory, "tokenizer.json"), tokenizer.to_str(pretty=True))
-    write_text_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(config, indent=2))
-    return directory
+    return write_char_tokenizer(directory, VOCAB, specials=SPECIALS, config=config, text_tokens=THINK_TOKENS)
 
 
 # The toy reward model: one Qwen2 layer of width RM_HIDDEN whose attention averages the input (q = k = 0: every

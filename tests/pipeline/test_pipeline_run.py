@@ -83,7 +83,6 @@ def test_kill_9_in_the_middle_stage_then_the_same_command_resumes_bit_identicall
 
 
 def test_sft_then_rejection_sampling_then_sft_on_the_samples(tmp_path):
-    pytest.importorskip("r1_megatron.sampling.command")  # `r1-megatron sample` (its own part of the project)
     from tests.pipeline.micro_recipe import sample_recipe
 
     run = tmp_path / "run"

@@ -126,7 +126,6 @@ def test_a_command_whose_module_is_missing_matters_only_when_a_recipe_uses_it(re
 
 
 def test_the_docs_worked_example_validates(tmp_path, monkeypatch):
-    pytest.importorskip("r1_megatron.sampling.config")  # its middle stage is `r1-megatron sample`
     from tests.doc_examples import doc_examples
 
     (tmp_path / "micro.yaml").write_text(doc_examples("pipeline.md")["micro_pipeline"])
