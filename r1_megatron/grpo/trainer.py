@@ -125,7 +125,12 @@ class GRPOTrainer:
         on this rank at the run's layout (collective)."""
         runner_config = self.cfg.rewards.runner_config()
         runner = RewardRunner(runner_config) if runner_config is not None else None
-        return build_reward_scorer(self.cfg.rewards, runner, tokenizer=self.task.tokenizer)
+        try:
+            return build_reward_scorer(self.cfg.rewards, runner, tokenizer=self.task.tokenizer)
+        except BaseException:  # a model reward that fails to load: the workers go now, not at exit
+            if runner is not None:
+                runner.close()
+            raise
 
     def rollout(self, rewards, stats: StepStats) -> list[RolloutSample]:
         """Generate and score this rank's share of the step's prompts; with dynamic sampling keep only groups
