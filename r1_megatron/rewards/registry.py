@@ -121,11 +121,7 @@ def get_model_reward(kind: str) -> Callable[..., Any]:
     """The factory registered for model reward ``kind``; ValueError naming the known kinds otherwise."""
     if kind not in _MODEL_REWARDS:
         raise ValueError(f"unknown model reward kind {kind!r}; registered: {model_reward_kinds()}")
-    entry = _MODEL_REWARDS[kind]
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = _MODEL_REWARDS[kind] = getattr(importlib.import_module(module), attr)
-    return entry
+    return _resolved(_MODEL_REWARDS, kind)
 
 
 def register_reward(name: str, *, needs: Sequence[str] = (), check: RewardCheck | None = None
@@ -171,8 +167,13 @@ def get_reward(name: str) -> RewardFn:
     """The reward registered as ``name``; ValueError naming the known rewards otherwise."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown reward {name!r}; registered: {reward_names()}")
-    entry = _REGISTRY[name]
+    return _resolved(_REGISTRY, name)
+
+
+def _resolved(table: dict, name: str):
+    """table[name], a "module:function" string imported on first use (and kept imported)."""
+    entry = table[name]
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
-        entry = _REGISTRY[name] = getattr(importlib.import_module(module), attr)
+        entry = table[name] = getattr(importlib.import_module(module), attr)
     return entry
