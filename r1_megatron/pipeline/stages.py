@@ -118,12 +118,9 @@ def _sample_config() -> type:
 def _sample(cfg, stage_dir: Path, resume: bool) -> StageResult:
     from r1_megatron.sampling.command import sample
 
-    sample(cfg, keep_process_group=True)  # resumes from OUT/samples.jsonl by itself
-    world_barrier()
-    path = stage_dir / SAMPLED["samples"].path
-    with open(path, encoding="utf-8") as f:
-        kept = sum(1 for line in f if line.strip())
-    return StageResult(fixed_outputs(SAMPLED, stage_dir), kept)
+    summary = sample(cfg, keep_process_group=True)  # resumes from OUT/samples.jsonl by itself; same on every rank
+    world_barrier()  # rank 0 has closed samples.jsonl before a later stage on any rank reads it
+    return StageResult(fixed_outputs(SAMPLED, stage_dir), summary.kept)
 
 
 def _has_file(name: str) -> Callable[[Path], bool]:
