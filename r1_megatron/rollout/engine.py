@@ -7,12 +7,23 @@ reads the very parameter tensors the optimizer updates: there is no weight copy 
     with engine.generating():            # eval mode, SP off, KV cache allocated; all restored/freed on exit
         completions = engine.generate(prompt_ids, SamplingParams(n=16, temperature=1.0, max_new_tokens=1024))
 
+Requests can also join and leave one at a time (continuous batching over the same cache), as a server needs:
+
+    with engine.generating():
+        rid = engine.add_request(prompt_ids, SamplingParams(max_new_tokens=64))
+        while engine.has_unfinished_requests:
+            for out in engine.step():        # RequestOutput: each sample's new tokens, finish reason once
+                ...
+        engine.abort(rid)                    # or stop early; `for out in engine.stream(rid)` follows one request
+
+generate() is a loop over the same add_request/step.
+
 The KV cache is paged (models/kv_cache.py, rollout/block_manager.py): CacheConfig sets its block size and its
 size (a block count or a fraction of free device memory); the n samples of a prompt share the prompt's blocks;
 when blocks run out a running sequence is preempted and recomputed later (rollout/scheduler.py).
 
 Parallelism: every rank of a tensor-parallel and of a pipeline-parallel group must pass the same prompts and
-params (checked); ranks that differ only in data parallelism may pass different prompts. With expert parallelism,
+params (checked by generate(); add_request/abort/step must be called identically on those ranks, unchecked); ranks that differ only in data parallelism may pass different prompts. With expert parallelism,
 ranks step in lockstep (an all-reduce over the expert-parallel group per step) and a rank whose work is done runs
 one-token idle forwards while its peers finish, since every EP rank must enter each MoE all-to-all. With pipeline
 parallelism every stage runs the same scheduler; a step's sequences go through the stages as micro-batches, the
@@ -38,10 +49,11 @@ from .decode_graphs import GraphConfig, StaticDecode, static_decode
 from .generation_stats import GenerationStats
 from .model_runner import ModelRunner
 from .pipeline_stages import PipelineStages
+from .request import Request, RequestOutput
 from .sampler import request_seeds
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import Completion, Sequence
+from .sequence import Completion, FinishReason, Sequence
 
 
 class Engine:
@@ -73,7 +85,12 @@ class Engine:
         self.graph_config = graphs or GraphConfig()
         self.cache: KVCache | None = None
         self.static_decode: StaticDecode | None = None  # lives as long as the cache: graphs hold its addresses
-        self.stats = GenerationStats()  # of the last generate() call
+        self.stats = GenerationStats()  # of the last generate() call, or of the steps since generating() began
+        self.requests: dict[str, Request] = {}  # live requests, in arrival order
+        self._scheduler: Scheduler | None = None  # these three live as long as the cache
+        self._blocks: BlockManager | None = None
+        self._runner: ModelRunner | None = None
+        self._next_request = 0
         pp = parallel_state.get_pipeline_model_parallel_world_size() \
             if parallel_state.model_parallel_is_initialized() else 1
         self.pipeline = PipelineStages(self.model, self.device, int(pipeline_micro_batches or pp)) if pp > 1 else None
@@ -99,12 +116,20 @@ class Engine:
         self.static_decode = None if self.pipeline is not None else static_decode(
             self.model, self.cache, self.max_batch_size, -(-self.max_seq_len // self.cache_config.block_size),
             self.max_seq_len, self.graph_config, self.device)
+        self._blocks = BlockManager(self.num_blocks, self.cache_config.block_size)
+        self._scheduler = Scheduler(self._blocks, self.max_batch_size, self.max_tokens_per_step)
+        self._runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len,
+                                   self.static_decode)
+        self.stats, self.requests = GenerationStats(), {}
         try:
             with offload if offload is not None else contextlib.nullcontext():
                 yield self
         finally:
+            if self.pipeline is not None:
+                self.pipeline.release()
             self.cache.free()
-            self.cache = self.static_decode = None
+            self.cache = self.static_decode = self._blocks = self._scheduler = self._runner = None
+            self.requests = {}
             if was_sp:
                 set_model_to_sequence_parallel(self.model, True)
             self.model.train(was_training)
@@ -112,57 +137,131 @@ class Engine:
     def generate(self, prompt_token_ids: Seq[Seq[int]],
                  params: SamplingParams | Seq[SamplingParams] = SamplingParams()) -> list[Completion]:
         """The n completions of every prompt, prompt by prompt, completion j of a prompt at position j within its
-        prompt's n. params: one SamplingParams for all prompts, or one per prompt."""
+        prompt's n. params: one SamplingParams for all prompts, or one per prompt. Requests added with
+        add_request and still running advance too (their outputs wait for the next step())."""
         if self.cache is None:
             with self.generating():
                 return self.generate(prompt_token_ids, params)
         prompts = self._check_prompts(prompt_token_ids)
         per_prompt = self._per_prompt_params(params, len(prompts))
         self._check_same_across_model_parallel(prompts, per_prompt)
-        blocks = BlockManager(self.num_blocks, self.cache_config.block_size)
-        scheduler = Scheduler(blocks, self.max_batch_size, self.max_tokens_per_step)
-        groups = [self._sequences(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
-        for group in groups:
-            scheduler.add(group)
-        runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len,
-                             self.static_decode)
-        self.stats = stats = GenerationStats()
+        self.stats, self._scheduler.num_preemptions = GenerationStats(), 0
+        first = self._next_request
+        requests = [self._add(prompt, p, f"generate-{first}-{i}", i)
+                    for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
+        while self._advance():
+            pass
+        for request in requests:
+            del self.requests[request.request_id]
+        return [seq.completion() for request in requests for seq in request.sequences]
+
+    def add_request(self, prompt_token_ids: Seq[int], params: SamplingParams = SamplingParams(),
+                    request_id: str | None = None) -> str:
+        """Queue one prompt's params.n samples; they join the running batch at the next step() with room.
+        Returns the request's id (request_id, or "0", "1", ... by arrival). ValueError for a bad prompt or an id
+        already live; needs generating()."""
+        self._require_generating("add_request")
+        prompt = self._check_prompts([prompt_token_ids], "add_request")[0]
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"add_request: params must be a SamplingParams, got {type(params).__name__}")
+        if request_id is None:
+            request_id = str(self._next_request)
+        if not isinstance(request_id, str) or request_id in self.requests:
+            raise ValueError(f"add_request: request_id must be a str not already running, got {request_id!r}")
+        return self._add(prompt, params, request_id, self._next_request).request_id
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduler step over every running request; returns a RequestOutput for each request with news
+        (new tokens, or samples that finished), in arrival order. Finished requests are then forgotten."""
+        self._require_generating("step")
+        self._advance()
+        return self._reports(list(self.requests.values()))
+
+    def abort(self, request_id: str, index: int | None = None) -> bool:
+        """Finish the request's unfinished samples (or only sample `index`) with FinishReason.ABORT and free
+        their cache blocks; the next step() reports them. False when no such request is running."""
+        self._require_generating("abort")
+        request = self.requests.get(request_id)
+        if request is None:
+            return False
+        n = len(request.sequences)
+        if index is not None and not (isinstance(index, numbers.Integral) and 0 <= index < n):
+            raise ValueError(f"abort: index must be in [0, {n}), got {index!r}")
+        chosen = request.sequences if index is None else [request.sequences[index]]
+        for seq in reversed(chosen):  # siblings before their leader: the leader then has none to hand over
+            if not seq.finished:
+                leader = next((s for s in request.sequences if seq in s.siblings), None)
+                self._scheduler.abort(seq, leader)
+                seq.finish_reason = FinishReason.ABORT
+        return True
+
+    def stream(self, request_id: str):
+        """Step the engine until request_id finishes, yielding its RequestOutputs. The other requests advance
+        too; their news comes back from the next step()."""
+        self._require_generating("stream")
+        request = self.requests.get(request_id)
+        if request is None:
+            raise ValueError(f"stream: no running request {request_id!r}")
+        while not request.finished:
+            self._advance()
+            yield from self._reports([request])
+
+    @property
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _add(self, prompt: list[int], params: SamplingParams, request_id: str, prompt_index: int) -> Request:
+        request = Request(request_id, prompt, params, self._sequences(prompt_index, prompt, params))
+        self._scheduler.add(request.sequences)
+        self.requests[request_id] = request
+        self._next_request += 1
+        return request
+
+    def _advance(self) -> bool:
+        """One step of the scheduler; False (and no forward) when no rank of the lockstep groups has work."""
+        scheduler, runner = self._scheduler, self._runner
 
         def record(plan):
-            stats.record(plan, scheduler, blocks)
+            self.stats.record(plan, scheduler, self._blocks)
 
         # inference mode, not just no_grad: no version counters or autograd metadata on any tensor of the loop
         # (~15% of a small model's CPU decode step); the cache pools are allocated and written only in here
         with torch.inference_mode():
             if self.pipeline is not None:
-                self.pipeline.run(scheduler, runner, record)
-            else:
-                self._run(scheduler, runner, record)
-        stats.preemptions = scheduler.num_preemptions
-        return [seq.completion() for group in groups for seq in group]
-
-    # ------------------------------------------------------------------------------------------- helpers
-
-    def _run(self, scheduler: Scheduler, runner: ModelRunner, record) -> None:
-        """Step until no rank of the expert-parallel group has work (one process: until this one has none)."""
-        while self._any_rank_has_work(scheduler.has_work):
+                return self.pipeline.step(scheduler, runner, record)
+            if not self._any_rank_has_work(scheduler.has_work):
+                return False
             plan = scheduler.schedule()
             if plan is None:
                 runner.idle_forward()
-                continue
+                return True
             record(plan)
             logits_RV = runner.forward(plan)
             runner.sample(logits_RV, scheduler.computed(plan))
             scheduler.release_finished()
+        return True
+
+    def _reports(self, requests: list[Request]) -> list[RequestOutput]:
+        outputs = [out for out in (r.report() for r in requests) if out is not None]
+        for out in outputs:
+            if out.finished:
+                del self.requests[out.request_id]
+        return outputs
+
+    def _require_generating(self, name: str) -> None:
+        if self.cache is None:
+            raise RuntimeError(f"Engine.{name} needs the KV cache: call it inside `with engine.generating():`")
 
     def _sequences(self, prompt_index: int, prompt: list[int], params: SamplingParams) -> list[Sequence]:
         stop = self.eos_token_ids | frozenset(params.stop_token_ids)
         return [Sequence(prompt_index, j, prompt, params, seed, stop)
                 for j, seed in enumerate(request_seeds(params, self.generator))]
 
-    def _check_prompts(self, prompt_token_ids) -> list[list[int]]:
+    def _check_prompts(self, prompt_token_ids, caller: str = "generate") -> list[list[int]]:
         if isinstance(prompt_token_ids, (str, bytes)) or not hasattr(prompt_token_ids, "__iter__"):
-            raise ValueError(f"generate: prompt_token_ids must be a list of token-id lists, got "
+            raise ValueError(f"{caller}: prompt_token_ids must be a list of token-id lists, got "
                              f"{type(prompt_token_ids).__name__}")
         prompts = [_token_ids(f"prompt_token_ids[{i}]", p) for i, p in enumerate(prompt_token_ids)]
         vocab = self.model.model_config.vocab_size
@@ -172,7 +271,7 @@ class Engine:
         for what, bad in (("are empty", empty), (f"are longer than max_seq_len - 1 = {self.max_seq_len - 1} "
                           "tokens", too_long), (f"have token ids >= the vocabulary size {vocab}", out_of_vocab)):
             if bad:
-                raise ValueError(f"generate: prompts {bad} {what}")
+                raise ValueError(f"{caller}: prompts {bad} {what}")
         return prompts
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Counters of one Engine.generate() call (the engine keeps the last call's as `engine.stats`)."""
+"""Counters of one Engine.generate() call, or of the steps since `Engine.generating()` began when requests are
+added one at a time (the engine keeps them as `engine.stats`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ from .scheduler import Scheduler, StepPlan
 
 @dataclasses.dataclass
 class GenerationStats:
-    """What one generate() call did: forwards, tokens computed (prefill chunks count every prompt token they
+    """What one generate() call (or a generating() session's steps) did: forwards, tokens computed (prefill chunks count every prompt token they
     compute, so a prompt shared by n samples counts once), preemptions, and the peaks of cache blocks in use
     and of sequences running together."""
 
@@ -29,3 +30,4 @@ class GenerationStats:
                 self.decode_tokens += 1
         self.peak_blocks_used = max(self.peak_blocks_used, blocks.num_blocks - 1 - blocks.num_free)
         self.peak_running = max(self.peak_running, len(scheduler.running))
+        self.preemptions = scheduler.num_preemptions

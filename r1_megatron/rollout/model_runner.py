@@ -16,6 +16,7 @@ from .decode_graphs import StaticDecode
 from .sampler import SamplingBatch
 from .scheduler import Chunk, StepPlan
 from .sequence import Sequence
+from .top_logprobs import top_logprobs
 from .vocab_parallel_sampling import sample_vocab_parallel
 
 
@@ -67,8 +68,18 @@ class ModelRunner:
             out = batch.sample(logits_RV)
         else:
             out = sample_vocab_parallel(logits_RV, batch, self.vocab_size, self.tp_group)
-        for seq, token, logprob in zip(sequences, out.tokens_B.tolist(), out.logprobs_B.tolist()):
-            seq.append(token, logprob, self.max_seq_len)
+        tops = self._top_logprobs(logits_RV, batch, sequences)
+        for seq, token, logprob, top in zip(sequences, out.tokens_B.tolist(), out.logprobs_B.tolist(), tops):
+            seq.append(token, logprob, self.max_seq_len, top)
+
+    def _top_logprobs(self, logits_RV, batch, sequences) -> list[list[tuple[int, float]]]:
+        """Each row's params.logprobs most likely tokens (rollout/top_logprobs.py); [] for rows not asking.
+        Every TP rank has the same sequences, so all of them enter the collective or none does."""
+        k = max(s.params.logprobs for s in sequences)
+        if k == 0:
+            return [[] for _ in sequences]
+        tops = top_logprobs(logits_RV, batch.temperature_B, k, self.vocab_size, self.tp_group)
+        return [top[:s.params.logprobs] for top, s in zip(tops, sequences)]
 
     def idle_forward(self) -> None:
         """A one-token forward outside the cache, for a rank with nothing to generate whose expert-parallel peers

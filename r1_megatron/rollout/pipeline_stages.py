@@ -62,23 +62,25 @@ class PipelineStages:
         if parallel_state.get_expert_model_parallel_world_size() > 1:
             self.lockstep_groups.append(parallel_state.get_expert_model_parallel_group())
 
-    def run(self, scheduler: Scheduler, runner: ModelRunner, record=lambda plan: None) -> None:
-        """Step until no rank of the pipeline (or expert-parallel) group has work; record(plan) sees each step."""
-        try:
-            while True:
-                plan = scheduler.schedule() if scheduler.has_work else None
-                parts = split_micro_batches(plan.chunks, self.num_micro_batches) if plan is not None else []
-                count = self._agreed_count(len(parts))
-                if count == 0:
-                    return
-                if plan is not None:
-                    record(plan)
-                logits_RV = self._forward(runner, plan, parts, count)
-                if plan is not None:
-                    self._sample(runner, logits_RV, scheduler.computed(plan))
-                    scheduler.release_finished()
-        finally:
-            self.model.set_input_tensor(None)  # drop the last received hidden states
+    def step(self, scheduler: Scheduler, runner: ModelRunner, record=lambda plan: None) -> bool:
+        """One engine step on every stage; False (and nothing run) when no rank of the pipeline (or
+        expert-parallel) group has work. record(plan) sees the step's plan."""
+        plan = scheduler.schedule() if scheduler.has_work else None
+        parts = split_micro_batches(plan.chunks, self.num_micro_batches) if plan is not None else []
+        count = self._agreed_count(len(parts))
+        if count == 0:
+            return False
+        if plan is not None:
+            record(plan)
+        logits_RV = self._forward(runner, plan, parts, count)
+        if plan is not None:
+            self._sample(runner, logits_RV, scheduler.computed(plan))
+            scheduler.release_finished()
+        return True
+
+    def release(self) -> None:
+        """Drop the last received hidden states (at the end of generation)."""
+        self.model.set_input_tensor(None)
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -126,17 +128,24 @@ class PipelineStages:
     def _sample(self, runner: ModelRunner, logits_RV: torch.Tensor | None,
                 sampling: list[tuple[Sequence, int]]) -> None:
         """The last stage samples; its tokens and logprobs (float64: exact for int64 ids < 2^53 and for fp32
-        logprobs) are broadcast, and the other stages append the same values."""
+        logprobs), and the top logprobs rows asked for, are broadcast, and the other stages append the same."""
         if not sampling:
             return
+        k = max(seq.params.logprobs for seq, _ in sampling)
         if self.last:
             runner.sample(logits_RV, sampling)
-            values_2S = torch.tensor([[seq.token_ids[-1] for seq, _ in sampling],
-                                      [seq.logprobs[-1] for seq, _ in sampling]], dtype=torch.float64,
+            values_SC = torch.tensor([_sampled_values(seq, k) for seq, _ in sampling], dtype=torch.float64,
                                      device=self.device)
         else:
-            values_2S = torch.empty(2, len(sampling), dtype=torch.float64, device=self.device)
-        dist.broadcast(values_2S, src=self.last_rank, group=self.group)
+            values_SC = torch.empty(len(sampling), 2 + 2 * k, dtype=torch.float64, device=self.device)
+        dist.broadcast(values_SC, src=self.last_rank, group=self.group)
         if not self.last:
-            for (seq, _), token, logprob in zip(sampling, *values_2S.tolist()):
-                seq.append(int(token), logprob, runner.max_seq_len)
+            for (seq, _), row in zip(sampling, values_SC.tolist()):
+                top = [(int(i), lp) for i, lp in zip(row[2::2], row[3::2])][:seq.params.logprobs]
+                seq.append(int(row[0]), row[1], runner.max_seq_len, top)
+
+
+def _sampled_values(seq: Sequence, k: int) -> list[float]:
+    """[token, logprob, id_1, logprob_1, ..., id_k, logprob_k] of seq's last token (padded to k pairs)."""
+    pairs = [v for pair in seq.top_logprobs[-1] for v in pair]
+    return [seq.token_ids[-1], seq.logprobs[-1], *pairs, *[0.0] * (2 * k - len(pairs))]

@@ -14,6 +14,7 @@ import numbers
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 R1_MAX_NEW_TOKENS = 32768
 R1_GROUP_SIZE = 16
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 
 
 def _is_int(value) -> bool:
@@ -35,6 +36,8 @@ class SamplingParams:
     top_k: keep the k most likely tokens (ties at the boundary kept); 0 keeps every token.
     max_new_tokens: completion length limit ("length" finish).
     stop_token_ids: tokens that end a completion ("stop" finish; the stop token is included).
+    logprobs: how many of the most likely tokens to report, with their logprobs, beside each sampled token
+        (0 = none, at most MAX_TOP_LOGPROBS; rollout/top_logprobs.py), as OpenAI's `top_logprobs`.
     seed: an int64 that makes the request's samples reproducible across runs, batch compositions and
         tensor-parallel layouts; None draws one from the engine's generator (sampler.request_seeds).
     """
@@ -46,6 +49,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    logprobs: int = 0
 
     def __post_init__(self):
         if not _is_int(self.n) or self.n < 1:
@@ -62,6 +66,8 @@ class SamplingParams:
         self._check_stop_token_ids()
         if self.seed is not None and not (_is_int(self.seed) and INT64_MIN <= self.seed <= INT64_MAX):
             raise ValueError(f"SamplingParams.seed must be None or an int64, got {self.seed!r}")
+        if not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"SamplingParams.logprobs must be an int in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}")
 
     def _check_stop_token_ids(self) -> None:
         if isinstance(self.stop_token_ids, (str, bytes)) or not hasattr(self.stop_token_ids, "__iter__"):

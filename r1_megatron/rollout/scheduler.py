@@ -96,7 +96,35 @@ class Scheduler:
         self.running = [seq for seq in self.running if not seq.finished]
         return done
 
+    def abort(self, seq: Sequence, leader: Sequence | None = None) -> None:
+        """Take seq out of the schedule and free what it holds (its finish reason is the caller's to set).
+        leader: the group leader whose unforked siblings include seq (None when seq is no such sibling). An
+        aborted leader with unforked siblings hands its place, blocks and computed prompt to the first of them
+        (a leader with unforked siblings has sampled nothing yet, so they are interchangeable)."""
+        if leader is not None:
+            leader.siblings.remove(seq)
+            if seq.row is not None:
+                self.free_rows.append(seq.row)
+                seq.row = None
+            return
+        if seq.siblings:
+            heir, *heir.siblings = seq.siblings
+            seq.siblings = []
+            heir.block_ids, heir.num_computed, seq.block_ids = seq.block_ids, seq.num_computed, []
+            self._replace(seq, heir)
+        elif seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._release(seq)
+
     # ------------------------------------------------------------------------------------------- helpers
+
+    def _replace(self, seq: Sequence, heir: Sequence) -> None:
+        for queue in (self.running, self.waiting):
+            if seq in queue:
+                queue[queue.index(seq)] = heir
+                return
 
     def _schedule_running(self, budget: int, chunks: list[Chunk], copies: list) -> tuple[int, bool]:
         """A chunk for each running sequence, in admission order, while the budget lasts; when blocks run out the

@@ -10,6 +10,7 @@ from .sampling_params import SamplingParams
 class FinishReason(str, enum.Enum):
     STOP = "stop"  # an EOS or stop token was sampled (it is the last token of the completion)
     LENGTH = "length"  # max_new_tokens reached, or the sequence filled max_seq_len
+    ABORT = "abort"  # Engine.abort (a server's client went away, a stop string matched, shutdown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Sequence:
     stop_ids: frozenset[int]
     token_ids: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)  # per token, when
+    #                                                            params.logprobs > 0 (rollout/top_logprobs.py)
     block_ids: list[int] = dataclasses.field(default_factory=list)
     num_computed: int = 0
     row: int | None = None
@@ -67,11 +70,12 @@ class Sequence:
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.token_ids)
 
-    def append(self, token: int, logprob: float, max_seq_len: int) -> None:
-        """Add a sampled token; finish on a stop token, at max_new_tokens, or when no position is left for the
-        next token's key (length == max_seq_len)."""
+    def append(self, token: int, logprob: float, max_seq_len: int, top: list[tuple[int, float]] = ()) -> None:
+        """Add a sampled token (and its top alternatives, when asked for); finish on a stop token, at
+        max_new_tokens, or when no position is left for the next token's key (length == max_seq_len)."""
         self.token_ids.append(token)
         self.logprobs.append(logprob)
+        self.top_logprobs.append(list(top))
         if token in self.stop_ids:
             self.finish_reason = FinishReason.STOP
         elif len(self.token_ids) >= self.params.max_new_tokens or self.length >= max_seq_len:

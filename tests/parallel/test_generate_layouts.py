@@ -34,6 +34,7 @@ def test_tp_and_ep_generate_what_one_process_generates(workdir):
             for kind in ("greedy", "sampled"):
                 want = {k: v for k, v in reference[ckpt][kind].items() if int(k.split("/")[0]) in share}
                 assert got["tokens"][kind] == want, (run, rank, kind)
+            _check_requests(got["tokens"]["requests"], reference[ckpt]["requests"], (run, rank))
 
 
 def test_pp_generates_what_one_process_generates(workdir):
@@ -54,8 +55,19 @@ def test_pp_generates_what_one_process_generates(workdir):
                     for kind in ("greedy", "sampled"):
                         want = {k: v for k, v in reference[ckpt][kind].items() if int(k.split("/")[0]) in share}
                         assert got[kind] == want, (layout, ckpt, rank, micro_batches, kind)
+                    _check_requests(got["requests"], reference[ckpt]["requests"], (layout, ckpt, rank, micro_batches))
             error_type, message = result["error"]
             assert error_type == "ValueError" and "pipeline-parallel ranks passed different prompts" in message, result
         # each stage sizes the pool from its own layers and free memory; a pipeline's stages take the smallest
         for first, last in zip(results[:dp_size], results[dp_size:]):
             assert first["num_blocks"] == last["num_blocks"], layout
+
+
+def _check_requests(got: dict, want: dict, where) -> None:
+    """The request API (add_request/step/abort with top logprobs): one process's tokens and top ids, and its
+    top logprobs to fp32 rounding (TP sums the shards' log-sum-exps in another order)."""
+    assert got.keys() == want.keys() and len(got["0/1"]["tokens"]) == 2, where  # "0/1" aborted after two steps
+    for key, rec in got.items():
+        assert rec["tokens"] == want[key]["tokens"] and rec["top_ids"] == want[key]["top_ids"], (where, key)
+        flat = [lp for top in rec["top_lp"] for lp in top]
+        assert pytest.approx([lp for top in want[key]["top_lp"] for lp in top], abs=1e-4) == flat, (where, key)

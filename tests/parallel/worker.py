@@ -4,6 +4,7 @@ usage: worker.py SCENARIO WORKDIR [ARGS...]; each rank writes WORKDIR/SCENARIO-r
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -66,7 +67,29 @@ def generate_requests(model, dp_rank: int = 0, dp_size: int = 1, **engine) -> di
         preemptions += engine.stats.preemptions
         n = params[0].n
         out[kind] = {f"{share[k // n]}/{k % n}": c.token_ids for k, c in enumerate(completions)}
-    return {**out, "preemptions": preemptions}
+    return {**out, "requests": request_api_outputs(engine), "preemptions": preemptions}
+
+
+def request_api_outputs(engine) -> dict:
+    """The request API with top logprobs, every prompt added at once on every rank (identical requests keep
+    expert-parallel ranks in lockstep), sample 1 of prompt 0 aborted after two steps: {"prompt/sample":
+    {"tokens", "top_ids", "top_lp"}} (the top logprobs compared within a tolerance)."""
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=4, seed=7, logprobs=3)
+    out = {}
+    with engine.generating():
+        for i, prompt in enumerate(GEN_PROMPTS):
+            engine.add_request(prompt, params, request_id=str(i))
+        for step in itertools.count():
+            if not engine.has_unfinished_requests:
+                return out
+            if step == 2:
+                engine.abort("0", 1)
+            for report in engine.step():
+                for d in report.samples:
+                    rec = out.setdefault(f"{report.request_id}/{d.index}", {"tokens": [], "top_ids": [], "top_lp": []})
+                    rec["tokens"] += d.token_ids
+                    rec["top_ids"] += [[i for i, _ in top] for top in d.top_logprobs]
+                    rec["top_lp"] += [[lp for _, lp in top] for top in d.top_logprobs]
 
 
 def generate_scenario(workdir: Path, runs: str) -> dict:
