@@ -67,15 +67,21 @@ setup(
         "tensorboard>=2.10",  # run metrics (MetricsLogger); tested with 2.21.0
         "matplotlib>=3.5",  # r1-megatron plot; tested with 3.11.2
         "tqdm>=4.60",  # the training progress bar
+        "fastapi>=0.110",  # r1-megatron serve (the OpenAI-compatible server); tested with 0.165.0
+        "uvicorn>=0.29",  # its ASGI server; tested with 0.54.0
+        "gguf>=0.10",  # r1-megatron export --format gguf (llama.cpp's own writer); tested with 0.19.0
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=5.0"],
+        # the official openai client talks to r1-megatron serve; llama-cpp-python (built from source, ~4 min on
+        # 2 cores) loads the GGUF exports
+        "test": ["pytest>=7", "transformers>=5.0", "openai>=1.0", "llama-cpp-python==0.3.36"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         # benchmarks/ peers: TRL (bench_grpo_step.py, bench_sft.py); 1.16.0 is the release tested with
         # transformers 5.24 and torch 2.13 (it brings accelerate and datasets). lm-evaluation-harness
         # (bench_eval.py): 0.4.13 tested with the same transformers and torch (its python-dateutil<3 pin via
         # pytablewriter's typepy moves dateutil back to 2.9.0.post0, which pandas and matplotlib accept)
-        "bench": ["liger-kernel", "trl==1.16.0", "lm-eval==0.4.13"],
+        # lm-eval's [api] extra: its local-completions model (benchmarks/lm_eval_server_check.py)
+        "bench": ["liger-kernel", "trl==1.16.0", "lm-eval[api]==0.4.13"],
     },
     entry_points={"console_scripts": ["r1-megatron = r1_megatron.cli:main"]},
     ext_modules=ext_modules,
