@@ -130,6 +130,21 @@ def _pipeline(args) -> int:
     return run(args)
 
 
+# ---- serve ---------------------------------------------------------------------------------------------------
+
+
+def _serve_args(parser) -> None:
+    from r1_megatron.serving.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _serve(args) -> int:
+    from r1_megatron.serving.command import main as run
+
+    return run(args)
+
+
 # ---- train ALGORITHM ---------------------------------------------------------------------------------------
 
 
@@ -202,6 +217,10 @@ COMMANDS = {
                       "R1's rejection sampling (docs/sampling.md): correct responses without mixed languages, long "
                       "paragraphs or code blocks in the reasoning, de-duplicated. Under torchrun, every rank runs "
                       "this command."),
+    "serve": Command("serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming)",
+                     _serve_args, _serve,
+                     "Prints the URL when ready; SIGTERM finishes running requests (--shutdown-timeout) and exits. "
+                     "Under torchrun, every rank runs this command (--tp/--pp/--ep); rank 0 serves HTTP."),
     "plot": Command("write PNG charts of a run's metrics", _plot_args, _plot),
     "pipeline": Command("the R1 pipeline: stages (grpo, sft, sample, eval, ...) from one recipe, resumable",
                         _pipeline_args, _pipeline,
