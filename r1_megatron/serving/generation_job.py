@@ -42,8 +42,12 @@ class GenerationJob:
         return sum(c.num_tokens for c in self.choices)
 
     def _sink(self, p: int, out) -> None:
-        """Engine thread: hand prompt p's output (or the engine's refusal) to the handler's event loop."""
-        self._aio.call_soon_threadsafe(self._queue.put_nowait, (p, out))
+        """Engine thread: hand prompt p's output (or the engine's refusal) to the handler's event loop; nothing
+        when that loop has closed (uvicorn forced to exit while requests ran: nobody is left to read it)."""
+        try:
+            self._aio.call_soon_threadsafe(self._queue.put_nowait, (p, out))
+        except RuntimeError:
+            pass
 
     async def deltas(self) -> AsyncIterator[tuple[int, TextDelta]]:
         """(choice index, its next text delta) until every choice has finished; a stop string's sample is
