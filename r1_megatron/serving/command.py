@@ -10,6 +10,7 @@ running ones finish for up to --shutdown-timeout seconds, the rest are aborted, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -117,8 +118,23 @@ def _engine(model, tokenizer, cfg: ServeConfig):
     from r1_megatron.rollout import Engine
 
     max_seq_len = cfg.max_seq_len or min(model.model_config.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
-    return Engine(model, max_batch_size=cfg.max_batch_size, max_seq_len=max_seq_len,
-                  eos_token_ids=[tokenizer.eos_token_id], seed=cfg.seed)
+    eos = {tokenizer.eos_token_id, *generation_eos_ids(cfg.model.path or cfg.model.tokenizer)}
+    return Engine(model, max_batch_size=cfg.max_batch_size, max_seq_len=max_seq_len, eos_token_ids=sorted(eos),
+                  seed=cfg.seed)
+
+
+def generation_eos_ids(directory: str | None) -> list[int]:
+    """The eos_token_id (an int or a list) of the directory's generation_config.json: chat models end a turn
+    with a token other than the tokenizer's eos (Qwen2.5-Instruct lists <|im_end|> and <|endoftext|>), and
+    transformers stops at every one of them. [] without the file."""
+    path = Path(directory or "") / "generation_config.json"
+    if directory is None or not path.is_file():
+        return []
+    ids = json.loads(path.read_text()).get("eos_token_id")
+    ids = [ids] if isinstance(ids, int) else ids or []
+    if not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, got {ids!r}")
+    return ids
 
 
 def _serve_http(engine_loop, engine, tokenizer, cfg: ServeConfig) -> None:

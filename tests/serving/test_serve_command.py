@@ -39,3 +39,16 @@ def test_sigterm_finishes_the_running_stream_refuses_new_requests_and_exits(chat
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):  # nothing of it is left: no process in its group
             os.killpg(proc.pid, 0)
+
+
+def test_the_generation_configs_eos_ids_end_completions_too(tmp_path):
+    from r1_megatron.serving.command import generation_eos_ids
+
+    assert generation_eos_ids(str(tmp_path)) == [] and generation_eos_ids(None) == []
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643]}))
+    assert generation_eos_ids(str(tmp_path)) == [151645, 151643]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 7}))
+    assert generation_eos_ids(str(tmp_path)) == [7]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "x"}))
+    with pytest.raises(ValueError, match="generation_config.json: eos_token_id must be a token id"):
+        generation_eos_ids(str(tmp_path))
