@@ -60,9 +60,16 @@ def _plot(args) -> int:
 
 
 def _export_args(parser) -> None:
-    parser.add_argument("--ckpt", required=True,
-                        help="a run directory, a checkpoint root (its latest checkpoint) or one checkpoint directory")
-    parser.add_argument("--out", required=True, help="HF directory to write (replaced atomically)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a run directory, a checkpoint root (its latest checkpoint) or one checkpoint "
+                                       "directory")
+    source.add_argument("--model", help="an HF directory (Qwen2/Llama) to convert; only with --format gguf")
+    parser.add_argument("--out", required=True, help="HF directory (--format hf) or FILE.gguf to write (replaced "
+                                                     "atomically)")
+    parser.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                        help="hf: an HF directory (default); gguf: one GGUF file for llama.cpp / Ollama")
+    parser.add_argument("--outtype", choices=("f16", "bf16", "q8_0", "f32"), default=None,
+                        help="GGUF weight type (default: f16); only with --format gguf")
     parser.add_argument("--tokenizer", default=None,
                         help="directory whose tokenizer files to copy (default: the run's, as the checkpoint records)")
     for size in ("tp", "pp", "ep"):
@@ -70,17 +77,36 @@ def _export_args(parser) -> None:
     parser.add_argument("--etp", type=int, default=None, help="expert-TP size (default: --tp)")
 
 
+def _export_hf_dir_to_gguf(args) -> int:
+    from r1_megatron.models.gguf_export import export_gguf
+
+    out = export_gguf(args.model, args.out, outtype=args.outtype or "f16", tokenizer_dir=args.tokenizer)
+    print(f"exported {args.model} -> {out}")
+    return 0
+
+
 def _export(args) -> int:
+    if args.format == "hf" and (args.model is not None or args.outtype is not None):
+        raise ValueError(f"{'--model' if args.model is not None else '--outtype'} needs --format gguf")
+    if args.model is not None:
+        return _export_hf_dir_to_gguf(args)
     import torch.distributed as dist
 
     from r1_megatron.runtime import ParallelConfig
-    from r1_megatron.training.checkpoint import export_checkpoint_to_hf
 
     parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
-    result = export_checkpoint_to_hf(args.ckpt, args.out, tokenizer_dir=args.tokenizer, parallel=parallel)
+    if args.format == "gguf":
+        from r1_megatron.models.gguf_export import export_checkpoint_to_gguf
+
+        result = export_checkpoint_to_gguf(args.ckpt, args.out, outtype=args.outtype or "f16",
+                                           tokenizer_dir=args.tokenizer, parallel=parallel)
+    else:
+        from r1_megatron.training.checkpoint import export_checkpoint_to_hf
+
+        result = export_checkpoint_to_hf(args.ckpt, args.out, tokenizer_dir=args.tokenizer, parallel=parallel)
     if dist.get_rank() == 0:
         print(f"exported step {result.step} ({result.checkpoint}) -> {result.out}")
-        if result.tokenizer_dir is None:
+        if result.tokenizer_dir is None and args.format == "hf":
             print("no tokenizer files were copied: the checkpoint records no tokenizer directory (--tokenizer DIR)")
     return 0
 
@@ -205,7 +231,8 @@ def _train(args) -> int:
 COMMANDS = {
     "info": Command("versions, device and optional backends", _info_args, _info),
     "forward": Command("build a preset model and run one forward/backward pass", _forward_args, _forward),
-    "export": Command("write a training checkpoint's model as an HF directory", _export_args, _export,
+    "export": Command("write a training checkpoint's model as an HF directory or a GGUF file (llama.cpp)",
+                      _export_args, _export,
                       "Under torchrun, every rank runs this command (with --tp/--pp/--ep for models too big for "
                       "one process)."),
     "train": Command("train a model (grpo: R1-Zero-style RL; sft: supervised fine-tuning)", _train_args, _train),

@@ -94,18 +94,26 @@ CHAT_VOCAB = 384  # the byte-level alphabet (256) + specials + merges; divisible
 def chat_tokenizer():
     """A byte-level BPE (Qwen2's kind) trained on arithmetic text, with Qwen2's special tokens and chat template:
     transformers' PreTrainedTokenizerFast, eos <|im_end|>, pad <|endoftext|>, no bos."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    backend = _arithmetic_bpe(CHAT_SPECIALS, pre_tokenizers.ByteLevel(add_prefix_space=False))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHAT_TEMPLATE)
+
+
+def _arithmetic_bpe(specials, pre_tokenizer):
+    """A byte-level BPE backend with `specials` and `pre_tokenizer`, trained on arithmetic text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     corpus = [f"What is {a} + {b}? The sum is {a + b}. #### {a + b}" for a in range(40) for b in range(0, 40, 3)]
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = pre_tokenizer
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=CHAT_VOCAB, special_tokens=list(CHAT_SPECIALS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=CHAT_VOCAB, special_tokens=list(specials), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHAT_TEMPLATE)
+    return backend
 
 
 def qwen2_chat_dir(directory, seed: int = 0):
@@ -123,6 +131,57 @@ def qwen2_chat_dir(directory, seed: int = 0):
                          tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     model = Qwen2ForCausalLM(config).float().eval()
+    perturb_(model, seed + 1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# ---- a tiny Llama-3-style HF directory: tied weights, llama3 rope scaling, a BPE tokenizer with BOS -------------
+
+LLAMA_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+LLAMA_CHAT_TEMPLATE = ("{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
+                       "'<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{%- endfor %}"
+                       "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+                       "{%- endif %}")
+# Llama-3's pre-tokenizer regex (tokenizer.json's Split pattern): digits in groups of up to three
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA_VOCAB = CHAT_VOCAB + 8  # more embedding rows than tokens, as real checkpoints pad their vocabulary
+
+
+def llama_chat_tokenizer():
+    """A byte-level BPE with Llama-3's Split regex, a BOS that encoding prepends (TemplateProcessing), eos
+    <|eot_id|>, and R1's <think>/</think> as added non-special tokens."""
+    from tokenizers import AddedToken, Regex, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend = _arithmetic_bpe(LLAMA_SPECIALS, pre)
+    bos = "<|begin_of_text|>"
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, backend.token_to_id(bos))])
+    backend.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>",
+                                   chat_template=LLAMA_CHAT_TEMPLATE)
+
+
+def llama_chat_dir(directory, seed: int = 0, tied: bool = True):
+    """Write a random tiny LlamaForCausalLM (tied, llama3 rope scaling whose smooth band is hit: head_dim 16,
+    original_max_position_embeddings 32) with `llama_chat_tokenizer()` to `directory`; returns the directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = llama_chat_tokenizer()
+    assert len(tokenizer) <= LLAMA_VOCAB
+    torch.manual_seed(seed)
+    rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=32)
+    config = LlamaConfig(vocab_size=LLAMA_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_parameters=rope, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).float().eval()
     perturb_(model, seed + 1)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
