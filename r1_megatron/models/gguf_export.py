@@ -160,11 +160,10 @@ def _data(tensor: _Tensor, config: ModelConfig, weights: _Weights, outtype: str)
     if not np.isfinite(values).all():
         raise ValueError(f"GGUF export: HF tensor {tensor.source!r} contains NaN or Inf; refusing to export "
                          "non-finite weights, nothing was written")
-    stored = gguf.quants.quantize(values, tensor.qtype)
-    if tensor.qtype is QType.F16 and not np.isfinite(stored).all():
+    if tensor.qtype is QType.F16 and np.abs(values).max() > np.finfo(np.float16).max:
         raise ValueError(f"GGUF export: HF tensor {tensor.source!r} overflows float16 (|w| > 65504); use "
                          f"--outtype bf16 or f32 instead of {outtype}")
-    return stored
+    return gguf.quants.quantize(values, tensor.qtype)
 
 
 def check_architecture(config: ModelConfig) -> str:
@@ -219,14 +218,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype
     try:
         _add_model_metadata(writer, config, model_dir.resolve().name, outtype)
         add_vocab(writer, vocab)
-        for tensor in plan:
-            writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32), tensor.nbytes,
-                                   raw_dtype=tensor.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for tensor in plan:
-            writer.write_tensor_data(_data(tensor, config, weights, outtype))
+        _write_tensors(writer, plan, config, weights, outtype)
         writer.close()
         tmp.rename(out)
     except BaseException:
@@ -234,6 +226,18 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _write_tensors(writer: gguf.GGUFWriter, plan: list[_Tensor], config: ModelConfig, weights: _Weights,
+                   outtype: str) -> None:
+    """Header, metadata and tensor table from the plan's shapes, then each tensor's data, read one at a time."""
+    for tensor in plan:
+        writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32), tensor.nbytes, raw_dtype=tensor.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in plan:
+        writer.write_tensor_data(_data(tensor, config, weights, outtype))
 
 
 def export_checkpoint_to_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",

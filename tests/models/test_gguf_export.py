@@ -77,13 +77,13 @@ def _llama_cpp_greedy(llm, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def _engine_greedy(model, prompt: list[int], n: int) -> list[int]:
-    engine = Engine(model, max_batch_size=1, max_seq_len=len(prompt) + n)
-    return engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=n))[0].token_ids
+def _engine_greedy(model, prompts: list[list[int]], n: int) -> list[list[int]]:
+    engine = Engine(model, max_batch_size=len(prompts), max_seq_len=max(map(len, prompts)) + n)
+    return [out.token_ids for out in engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=n))]
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "llama_untied"])
-@pytest.mark.parametrize("outtype", list(TOLERANCES))
+@pytest.mark.parametrize(("arch", "outtype"), [(arch, outtype) for arch in ("qwen2", "llama") for outtype in TOLERANCES]
+                         + [("llama_untied", "f16")])
 def test_llama_cpp_logits_match_ours_within_the_measured_tolerance(sources, exported, ours, arch, outtype):
     llm = _llama(exported(arch, outtype))
     try:
@@ -106,7 +106,7 @@ def _greedy_gap(model, prompt: list[int], completion: list[int]) -> float:
     return (logits_TV.max(dim=1).values - chosen_T).max().item()
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "llama_untied"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama_untied"])  # the tied Llama's greedy output is one repeated token
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
 def test_llama_cpp_greedy_tokens_equal_our_engines(sources, exported, ours, arch, outtype):
     """f16: llama.cpp's greedy tokens are our engine's. q8_0 loads and generates; its logit error (3.4e-2) flips
@@ -114,17 +114,17 @@ def test_llama_cpp_greedy_tokens_equal_our_engines(sources, exported, ours, arch
     token it picks must be our greedy choice up to Q8_0_GREEDY_GAP."""
     llm = _llama(exported(arch, outtype))
     tokenizer = load_tokenizer(sources[arch])
+    prompts = [tokenizer.encode(text, add_special_tokens=True)
+               for text in ("What is 12 + 7?", "The sum is", "#### 3", "3 + 4 = 7")]
     try:
-        for text in ("What is 12 + 7?", "The sum is", "#### 3", "3 + 4 = 7"):
-            prompt = tokenizer.encode(text, add_special_tokens=True)
-            theirs = _llama_cpp_greedy(llm, prompt, 12)
-            assert len(theirs) == 12
-            if outtype == "f16":
-                assert theirs == _engine_greedy(ours[arch], prompt, 12), text
-            else:
-                assert _greedy_gap(ours[arch], prompt, theirs) <= Q8_0_GREEDY_GAP, text
+        theirs = [_llama_cpp_greedy(llm, prompt, 12) for prompt in prompts]
     finally:
         llm.close()
+    assert all(len(tokens) == 12 for tokens in theirs)
+    if outtype == "f16":
+        assert theirs == _engine_greedy(ours[arch], prompts, 12)
+    else:
+        assert max(_greedy_gap(ours[arch], p, t) for p, t in zip(prompts, theirs)) <= Q8_0_GREEDY_GAP
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -145,6 +145,24 @@ def test_the_gguf_tokenizer_is_ours_with_the_chat_template_and_special_ids(sourc
         assert llm.n_vocab() == config["vocab_size"]
     finally:
         llm.close()
+
+
+def test_the_documented_llama_cpp_python_chat_runs_with_the_embedded_template(sources, exported, capsys):
+    """docs/gguf.md's snippet, on the tiny Qwen2: llama-cpp-python renders the chat through the GGUF's template."""
+    from tests.doc_examples import doc_examples
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the test extra)")
+    code = doc_examples("gguf.md")["llama-cpp-python"]
+    assert '"my-model.gguf"' in code
+    namespace = {}
+    exec(code.replace('"my-model.gguf"', repr(str(exported("qwen2", "f16")))), namespace)
+    namespace["llm"].close()
+    choice = namespace["out"]["choices"][0]
+    tokenizer = load_tokenizer(sources["qwen2"])  # the prompt it sent is our rendering of the same chat
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}])
+    assert namespace["out"]["usage"]["prompt_tokens"] == len(tokenizer.encode(chat))
+    assert choice["finish_reason"] in ("stop", "length")
+    assert capsys.readouterr().out == choice["message"]["content"] + "\n"
 
 
 def test_q8_0_stores_the_weights_quantized(exported):
@@ -224,15 +242,19 @@ def test_deepseek_v3_is_refused_naming_the_supported_architectures(tmp_path):
         export_gguf(tmp_path, tmp_path / "x.gguf")
 
 
-def test_non_finite_weights_are_refused_and_nothing_is_written(sources, tmp_path):
+@pytest.mark.parametrize(("value", "error"), [(float("nan"), "contains NaN or Inf"),
+                                              (1e5, "overflows float16")])
+def test_non_finite_weights_are_refused_and_nothing_is_written(sources, tmp_path, value, error):
     source = tmp_path / "src"
     shutil.copytree(sources["qwen2"], source)
     weights = load_file(source / "model.safetensors")
-    weights["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    weights["model.layers.1.mlp.up_proj.weight"][3, 5] = value
     save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"'model.layers.1.mlp.up_proj.weight' contains NaN or Inf"):
-        export_gguf(source, tmp_path / "out" / "x.gguf")
+    with pytest.raises(ValueError, match=rf"'model.layers.1.mlp.up_proj.weight' {error}"):
+        export_gguf(source, tmp_path / "out" / "x.gguf", outtype="f16")
     assert list((tmp_path / "out").iterdir()) == []
+    if error == "overflows float16":  # a finite weight bf16 can hold
+        assert export_gguf(source, tmp_path / "out" / "x.gguf", outtype="bf16").is_file()
 
 
 def test_a_pre_tokenizer_llama_cpp_lacks_is_refused(sources, tmp_path):
