@@ -198,9 +198,10 @@ def _add_model_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str,
 
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
-                tokenizer_dir: str | os.PathLike | None = None) -> Path:
+                tokenizer_dir: str | os.PathLike | None = None, name: str | None = None) -> Path:
     """Write the Qwen2/Llama HF checkpoint `model_dir` (config.json, safetensors) with the tokenizer of
     `tokenizer_dir` (default `model_dir`) and its chat template as the GGUF file `out`; returns `out`.
+    `name`: general.name (default: the directory's name).
 
     `outtype`: f32, f16, bf16 or q8_0 for the 2-D weights. ValueError (nothing written) for another architecture
     or rope scaling, a tokenizer llama.cpp would split differently, or NaN/Inf weights."""
@@ -216,7 +217,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, arch)
     try:
-        _add_model_metadata(writer, config, model_dir.resolve().name, outtype)
+        _add_model_metadata(writer, config, name or model_dir.resolve().name, outtype)
         add_vocab(writer, vocab)
         _write_tensors(writer, plan, config, weights, outtype)
         writer.close()
@@ -244,21 +245,29 @@ def export_checkpoint_to_gguf(checkpoint: str | os.PathLike, out: str | os.PathL
                               tokenizer_dir: str | os.PathLike | None = None, parallel=None):
     """The model of a training checkpoint (see resolve_checkpoint) as the GGUF file `out`, with the tokenizer of
     `tokenizer_dir` (default: the run's). Collective under torchrun, like export_checkpoint_to_hf: every rank
-    loads its part; rank 0 writes the HF directory `out`.hf-tmp, converts it and removes it. Returns the
-    HFExport record with `out` the GGUF file."""
+    loads its part; rank 0 writes the HF directory `out`.hf-tmp, converts it and removes it, and every rank
+    raises rank 0's error if it failed. Returns the HFExport record with `out` the GGUF file."""
     import torch.distributed as dist
 
+    from r1_megatron.models.hf_export import _transferable  # the exception itself where it pickles
+    from r1_megatron.runtime import world_gloo_group
     from r1_megatron.training.checkpoint import export_checkpoint_to_hf
 
     if outtype not in OUTTYPES:  # before loading the model
         raise ValueError(f"GGUF export: outtype {outtype!r} is not supported (supported: {', '.join(OUTTYPES)})")
     out = Path(out)
     hf_dir = out.with_name(out.name + ".hf-tmp")
-    try:
-        result = export_checkpoint_to_hf(checkpoint, hf_dir, tokenizer_dir=tokenizer_dir, parallel=parallel)
-        if dist.get_rank() == 0:
-            export_gguf(hf_dir, out, outtype=outtype)
-    finally:
-        if not dist.is_initialized() or dist.get_rank() == 0:
+    result = export_checkpoint_to_hf(checkpoint, hf_dir, tokenizer_dir=tokenizer_dir, parallel=parallel)
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            export_gguf(hf_dir, out, outtype=outtype, name=out.stem)
+        except Exception as exc:  # shared below, so that no rank reports success for a failed export
+            error = exc
+        finally:
             shutil.rmtree(hf_dir, ignore_errors=True)
+    shared = [None if error is None else _transferable(error)]
+    dist.broadcast_object_list(shared, src=0, group=world_gloo_group())
+    if shared[0] is not None:
+        raise error if error is not None else shared[0]
     return replace(result, out=out)

@@ -174,9 +174,9 @@ def test_q8_0_stores_the_weights_quantized(exported):
     assert "output.weight" not in types  # tied: llama.cpp reads the embedding
 
 
-def test_checkpoint_export_through_the_cli(sources, ours, tmp_path):
+def test_checkpoint_export_through_the_cli(sources, ours, tmp_path, capsys):
     """`r1-megatron export --ckpt RUN --format gguf` (through the HF exporter) gives llama.cpp our logits, and
-    leaves only the GGUF file behind."""
+    leaves only the GGUF file behind; a refused export leaves nothing."""
     from r1_megatron.cli import main
     from r1_megatron.runtime import ensure_parallel_state
     from r1_megatron.training.checkpoint import save_checkpoint
@@ -185,10 +185,19 @@ def test_checkpoint_export_through_the_cli(sources, ours, tmp_path):
     ensure_parallel_state()
     save_checkpoint(tmp_path / "run" / "checkpoints", 1, *tf.setup(sources["qwen2"]), tokenizer_dir=sources["qwen2"])
     out = tmp_path / "out" / "model.gguf"
+    bad_tokenizer = tmp_path / "bad_tokenizer"  # a tokenizer llama.cpp would split differently: refused, no files
+    shutil.copytree(sources["qwen2"], bad_tokenizer)
+    raw = json.loads((bad_tokenizer / "tokenizer.json").read_text())
+    (bad_tokenizer / "tokenizer.json").write_text(json.dumps({**raw, "pre_tokenizer": {"type": "Whitespace"}}))
+    assert main(["export", "--ckpt", str(tmp_path / "run"), "--format", "gguf", "--out", str(out),
+                 "--tokenizer", str(bad_tokenizer)]) == 2
+    assert "pre_tokenizer: not one llama.cpp implements" in capsys.readouterr().err
+    assert list(out.parent.iterdir()) == []
     assert main(["export", "--ckpt", str(tmp_path / "run"), "--format", "gguf", "--out", str(out)]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["model.gguf"]
     llm = _llama(out)
     try:
+        assert llm.metadata["general.name"] == "model"  # the file's stem, not the temporary HF directory's
         prompt = _prompt(sources["qwen2"], repeat=1)
         llm.eval(prompt)
         ours_TV = logits(ours["qwen2"], torch.tensor([prompt]))[0].float().numpy()
