@@ -63,7 +63,8 @@ def _export_args(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a run directory, a checkpoint root (its latest checkpoint) or one checkpoint "
                                        "directory")
-    source.add_argument("--model", help="an HF directory (Qwen2/Llama) to convert; only with --format gguf")
+    source.add_argument("--model", help="an HF directory (Qwen2/Llama/DeepSeek-V3) to convert; only with "
+                                        "--format gguf")
     parser.add_argument("--out", required=True, help="HF directory (--format hf) or FILE.gguf to write (replaced "
                                                      "atomically)")
     parser.add_argument("--format", choices=("hf", "gguf"), default="hf",

@@ -19,7 +19,11 @@ from r1_megatron.tokenizer import load_tokenizer
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
                r"|\s+(?!\S)|\s+")
 LLAMA3_REGEX = QWEN2_REGEX.replace(r"\p{N}|", r"\p{N}{1,3}|")
-PRE_TOKENIZERS = {QWEN2_REGEX: "qwen2", LLAMA3_REGEX: "llama-bpe"}
+# DeepSeek-V3 / R1: three Splits (digit runs, CJK runs, then words / punctuation / whitespace)
+DEEPSEEK_V3_REGEXES = (r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+                       "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+                       "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+")
+PRE_TOKENIZERS = {(QWEN2_REGEX,): "qwen2", (LLAMA3_REGEX,): "llama-bpe", DEEPSEEK_V3_REGEXES: "deepseek-v3"}
 GPT2_PRE = "gpt-2"  # a bare ByteLevel pre-tokenizer with its built-in GPT-2 regex
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk")
 
@@ -48,14 +52,15 @@ def _pre_name(raw: dict, file: Path) -> str:
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
         return GPT2_PRE
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
-    if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel"
-            and not steps[1].get("use_regex", True) and steps[0].get("behavior") == "Isolated"
-            and not steps[0].get("invert", False)):
-        name = PRE_TOKENIZERS.get(steps[0].get("pattern", {}).get("Regex"))
+    splits, last = steps[:-1], steps[-1] if steps else {}
+    if (last.get("type") == "ByteLevel" and not last.get("use_regex", True)
+            and all(step.get("type") == "Split" and step.get("behavior") == "Isolated"
+                    and not step.get("invert", False) for step in splits)):
+        name = PRE_TOKENIZERS.get(tuple(step.get("pattern", {}).get("Regex") for step in splits))
         if name is not None:
             return name
     raise _fail(file, "pre_tokenizer", "not one llama.cpp implements (supported: ByteLevel with the GPT-2 regex, "
-                                       "or a Split with the Qwen2 or Llama-3 regex followed by ByteLevel)")
+                                       "or the Splits of Qwen2, Llama-3 or DeepSeek-V3 followed by ByteLevel)")
 
 
 def _check_model(raw: dict, file: Path) -> None:
@@ -65,8 +70,10 @@ def _check_model(raw: dict, file: Path) -> None:
                                    "as Qwen2 and Llama-3 use; SentencePiece tokenizers are not exported yet)")
     if (raw.get("decoder") or {}).get("type") != "ByteLevel":
         raise _fail(file, "decoder", "must be ByteLevel (a byte-level BPE)")
-    if (raw.get("normalizer") or {}).get("type") not in (None, "NFC"):  # Qwen2's NFC is what llama.cpp skips too
-        raise _fail(file, "normalizer", f"{raw['normalizer'].get('type')!r} is not supported (supported: none, NFC)")
+    normalizer = raw.get("normalizer") or {}
+    empty = normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")  # DeepSeek-V3's
+    if normalizer.get("type") not in (None, "NFC") and not empty:  # Qwen2's NFC is what llama.cpp skips too
+        raise _fail(file, "normalizer", f"{normalizer.get('type')!r} is not supported (supported: none, NFC)")
 
 
 def _merges(raw: dict, file: Path) -> list[str]:

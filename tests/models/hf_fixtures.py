@@ -188,6 +188,43 @@ def llama_chat_dir(directory, seed: int = 0, tied: bool = True):
     return directory
 
 
+# ---- a tiny DeepSeek-V3 HF directory with a DeepSeek-V3-style tokenizer (R1's) -------------------------------
+
+DEEPSEEK_SPECIALS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>")
+DEEPSEEK_CHAT_TEMPLATE = ("{{- bos_token }}{%- for message in messages %}{%- if message['role'] == 'user' %}"
+                          "{{- '<｜User｜>' + message['content'] }}{%- else %}{{- '<｜Assistant｜>' + "
+                          "message['content'] + '<｜end▁of▁sentence｜>' }}{%- endif %}{%- endfor %}"
+                          "{%- if add_generation_prompt %}{{- '<｜Assistant｜><think>\\n' }}{%- endif %}")
+# DeepSeek-V3's pre-tokenizer (tokenizer.json): digit runs of up to three, CJK runs, then words and punctuation
+DEEPSEEK_SPLITS = (r"\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
+                   r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^""" + "\r\n"
+                   + r"""\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+""" + "[\r\n]*" + r"""|\s*""" + "[\r\n]+"
+                   + r"""|\s+(?!\S)|\s+""")
+
+
+def deepseek_chat_dir(directory, seed: int = 0):
+    """Write `deepseek_v3()` (YaRN, MLA with q_lora, MoE) with a DeepSeek-V3-style byte-level BPE (its three
+    Splits, a BOS that encoding prepends, R1's <think> as an added token) and an R1-like chat template."""
+    from tokenizers import AddedToken, Regex, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in DEEPSEEK_SPLITS]
+    pre = pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend = _arithmetic_bpe(DEEPSEEK_SPECIALS, pre)
+    bos = DEEPSEEK_SPECIALS[0]
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, backend.token_to_id(bos))])
+    backend.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=DEEPSEEK_SPECIALS[1],
+                                        chat_template=DEEPSEEK_CHAT_TEMPLATE)
+    assert len(tokenizer) <= LLAMA_VOCAB
+    model = deepseek_v3(seed=seed, vocab_size=LLAMA_VOCAB, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 # ---- tiny reward models: *ForSequenceClassification with one label (the scalar `score` head) -----------------
 
 def reward_model(arch: str = "qwen2", pad_token_id: int | None = 3, seed: int = 0, **overrides):

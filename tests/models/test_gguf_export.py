@@ -19,12 +19,15 @@ from tests.models import hf_fixtures
 
 MESSAGES = [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "19"},
             {"role": "user", "content": "And 3 + 4?"}]
-# max |logit - ours| over the ~110-token prompt of _prompt (logits up to ~2.4 in size), measured on CPU with
-# llama-cpp-python 0.3.36 (Qwen2 / Llama): f32 6.3e-4 / 5.5e-4 (llama.cpp keeps the KV cache in f16), f16 1.6e-3 /
-# 1.5e-3, bf16 1.3e-2 / 1.1e-2, q8_0 3.4e-2 / 3.4e-2; the bounds leave ~3x room
-TOLERANCES = {"f32": 2e-3, "f16": 5e-3, "bf16": 4e-2, "q8_0": 0.15}
+# max |logit - ours| over the 106 / 124 / 52-token prompt of _prompt (logits up to ~2.4 in size), measured on CPU
+# with llama-cpp-python 0.3.36 (Qwen2 / Llama / DeepSeek-V3): f32 6.3e-4 / 5.5e-4 / 1.9e-3 (llama.cpp keeps the KV
+# cache in f16), f16 1.6e-3 / 1.5e-3 / 3.2e-3, bf16 1.3e-2 / 1.1e-2 / 2.8e-2, q8_0 3.4e-2 / 3.4e-2 / 8.2e-2 (at
+# all positions but one of DeepSeek-V3's, where q8_0 flips a near-tie of its top-k expert routing: 0.72)
+TOLERANCES = {"f32": 5e-3, "f16": 1e-2, "bf16": 8e-2, "q8_0": 0.2}
+MOE_ROUTING_FLIPS = 0.05  # the share of positions a MoE model's q8_0 logits may miss the tolerance by
 Q8_0_GREEDY_GAP = 5e-2  # ~3x the largest gap measured (1.7e-2); see the greedy test
-TEXTS = ["What is 12 + 7? The sum is 19. #### 19", " leading space,  two spaces\nand a newline\n\n",
+TEXTS = ["What is 12 + 7? The sum is 19. #### 19", "中文字符 and カタカナ 12345",
+         " leading space,  two spaces\nand a newline\n\n",
          "digits 1234567 and 3.14159", "héllo wörld 世界 ✓", "<think>12 + 7 = 19</think> 19",
          "<|im_start|>user\nhi<|im_end|>", "<|start_header_id|>user<|end_header_id|>"]
 
@@ -35,7 +38,8 @@ def sources(tmp_path_factory):
     # the tied Llama's greedy output repeats its last input token (tied embeddings of a random model); the untied
     # one gives varied greedy continuations
     return {"qwen2": hf_fixtures.qwen2_chat_dir(root / "qwen2"), "llama": hf_fixtures.llama_chat_dir(root / "llama"),
-            "llama_untied": hf_fixtures.llama_chat_dir(root / "llama_untied", tied=False)}
+            "llama_untied": hf_fixtures.llama_chat_dir(root / "llama_untied", tied=False),
+            "deepseek_v3": hf_fixtures.deepseek_chat_dir(root / "deepseek_v3")}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +86,8 @@ def _engine_greedy(model, prompts: list[list[int]], n: int) -> list[list[int]]:
     return [out.token_ids for out in engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=n))]
 
 
-@pytest.mark.parametrize(("arch", "outtype"), [(arch, outtype) for arch in ("qwen2", "llama") for outtype in TOLERANCES]
-                         + [("llama_untied", "f16")])
+@pytest.mark.parametrize(("arch", "outtype"), [(arch, outtype) for arch in ("qwen2", "llama", "deepseek_v3")
+                                               for outtype in TOLERANCES] + [("llama_untied", "f16")])
 def test_llama_cpp_logits_match_ours_within_the_measured_tolerance(sources, exported, ours, arch, outtype):
     llm = _llama(exported(arch, outtype))
     try:
@@ -92,7 +96,11 @@ def test_llama_cpp_logits_match_ours_within_the_measured_tolerance(sources, expo
         theirs_TV = np.asarray(llm.scores[:len(prompt)])
         ours_TV = logits(ours[arch], torch.tensor([prompt]))[0].float().numpy()
         assert theirs_TV.shape == ours_TV.shape
-        assert np.abs(theirs_TV - ours_TV).max() <= TOLERANCES[outtype]
+        error_T = np.abs(theirs_TV - ours_TV).max(axis=1)
+        if arch == "deepseek_v3" and outtype == "q8_0":
+            assert (error_T > TOLERANCES[outtype]).mean() <= MOE_ROUTING_FLIPS
+        else:
+            assert error_T.max() <= TOLERANCES[outtype]
     finally:
         llm.close()
 
@@ -106,12 +114,12 @@ def _greedy_gap(model, prompt: list[int], completion: list[int]) -> float:
     return (logits_TV.max(dim=1).values - chosen_T).max().item()
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama_untied"])  # the tied Llama's greedy output is one repeated token
+@pytest.mark.parametrize("arch", ["qwen2", "llama_untied", "deepseek_v3"])  # the tied Llama repeats one token
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
 def test_llama_cpp_greedy_tokens_equal_our_engines(sources, exported, ours, arch, outtype):
     """f16: llama.cpp's greedy tokens are our engine's. q8_0 loads and generates; its logit error (3.4e-2) flips
     near-ties of the random untied Llama (its picks lie up to 1.7e-2 below our best logit, measured), so each
-    token it picks must be our greedy choice up to Q8_0_GREEDY_GAP."""
+    token it picks must be our greedy choice up to Q8_0_GREEDY_GAP (dense models)."""
     llm = _llama(exported(arch, outtype))
     tokenizer = load_tokenizer(sources[arch])
     prompts = [tokenizer.encode(text, add_special_tokens=True)
@@ -123,24 +131,26 @@ def test_llama_cpp_greedy_tokens_equal_our_engines(sources, exported, ours, arch
     assert all(len(tokens) == 12 for tokens in theirs)
     if outtype == "f16":
         assert theirs == _engine_greedy(ours[arch], prompts, 12)
-    else:
+    elif arch != "deepseek_v3":  # a MoE's routing flips (see TOLERANCES) change whole next-token distributions
         assert max(_greedy_gap(ours[arch], p, t) for p, t in zip(prompts, theirs)) <= Q8_0_GREEDY_GAP
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "deepseek_v3"])
 def test_the_gguf_tokenizer_is_ours_with_the_chat_template_and_special_ids(sources, exported, arch):
     llm = _llama(exported(arch, "f16"))
     tokenizer, config = load_tokenizer(sources[arch]), json.loads((sources[arch] / "config.json").read_text())
     try:
-        for text in TEXTS + [tokenizer.apply_chat_template(MESSAGES)]:
+        for text in TEXTS:
             assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer.encode(
                 text, add_special_tokens=True), text
             assert llm.detokenize(tokenizer.encode(text), special=True).decode() == text
+        chat = tokenizer.apply_chat_template(MESSAGES)  # carries its own BOS where the model has one
+        assert llm.tokenize(chat.encode(), add_bos=False, special=True) == tokenizer.encode(chat)
         meta = llm.metadata
         assert meta["tokenizer.chat_template"] == tokenizer.chat_template
         assert int(meta["tokenizer.ggml.eos_token_id"]) == tokenizer.eos_token_id == config["eos_token_id"]
-        assert meta["tokenizer.ggml.add_bos_token"] == ("true" if arch == "llama" else "false")
-        if arch == "llama":
+        assert meta["tokenizer.ggml.add_bos_token"] == ("false" if arch == "qwen2" else "true")
+        if arch != "qwen2":
             assert int(meta["tokenizer.ggml.bos_token_id"]) == tokenizer.bos_token_id == config["bos_token_id"]
         assert llm.n_vocab() == config["vocab_size"]
     finally:
@@ -245,9 +255,10 @@ def test_llama3_rope_factors_divide_transformers_frequencies(sources):
     assert factors.min() == 1.0 and factors.max() == 8.0 and ((factors > 1) & (factors < 8)).any()
 
 
-def test_deepseek_v3_is_refused_naming_the_supported_architectures(tmp_path):
-    hf_fixtures.deepseek_v3().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"architecture deepseek_v3 is not supported \(supported: qwen2, llama\)"):
+def test_a_rope_llama_cpp_would_compute_differently_is_refused(tmp_path):
+    rope = dict(hf_fixtures.YARN, mscale=0.707)
+    hf_fixtures.deepseek_v3(rope_parameters=rope).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"yarn mscale=0.707 is not supported \(llama.cpp's deepseek2 uses 1.0\)"):
         export_gguf(tmp_path, tmp_path / "x.gguf")
 
 
