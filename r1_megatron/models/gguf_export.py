@@ -14,7 +14,6 @@ NaN/Inf weight, a refused tokenizer) leaves no partial file.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -33,7 +32,8 @@ from safetensors import safe_open
 
 from r1_megatron.models.config import Architecture, ModelConfig, RopeScaling
 from r1_megatron.models.gguf_tokenizer import add_vocab, read_vocab
-from r1_megatron.models.hf_config import read_hf_config
+from r1_megatron.models.hf_checkpoint import SafetensorsReader, _ignorable
+from r1_megatron.models.hf_config import HFLayoutOptions, read_hf_config
 
 # --outtype -> (the type of 2-D weights, general.file_type); 1-D tensors (norms, biases, rope_freqs) stay F32
 OUTTYPES = {"f32": (QType.F32, LlamaFileType.ALL_F32), "f16": (QType.F16, LlamaFileType.MOSTLY_F16),
@@ -46,7 +46,7 @@ _LAYER_TENSORS = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", 
                   "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                   "mlp.down_proj": "ffn_down"}
 _DEEPSEEK_LAYER_TENSORS = {"self_attn.q_a_proj": "attn_q_a", "self_attn.q_a_layernorm": "attn_q_a_norm",
-                           "self_attn.q_b_proj": "attn_q_b", "self_attn.q_proj": "attn_q",
+                           "self_attn.q_b_proj": "attn_q_b",
                            "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa",
                            "self_attn.kv_a_layernorm": "attn_kv_a_norm", "mlp.gate": "ffn_gate_inp",
                            "mlp.gate.e_score_correction": "exp_probs_b",  # + ".bias", as llama.cpp names it
@@ -115,27 +115,21 @@ class _Tensor:
 
 
 class _Weights:
-    """The safetensors files of an HF directory, opened lazily: shapes from the headers, one tensor at a time."""
+    """The tensors of an HF directory through the HF loader's reader (index or *.safetensors files; DeepSeek's FP8
+    blocks dequantised): shapes from the headers, one tensor at a time in fp32."""
 
-    def __init__(self, directory: Path):
-        index = directory / "model.safetensors.index.json"
-        if index.is_file():
-            self.files = {name: directory / file for name, file in json.loads(index.read_text())["weight_map"].items()}
-        elif (directory / "model.safetensors").is_file():
-            with safe_open(directory / "model.safetensors", framework="pt") as f:
-                self.files = dict.fromkeys(f.keys(), directory / "model.safetensors")
-        else:
-            raise FileNotFoundError(f"GGUF export: no model.safetensors(.index.json) in {directory}")
+    def __init__(self, directory: Path, fp8_block_size: tuple[int, int] | None):
+        self.reader = SafetensorsReader(directory, fp8_block_size)
+        self.files = self.reader.file_of
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.files:
             raise ValueError(f"GGUF export: HF tensor {name!r} is missing")
-        with safe_open(self.files[name], framework="pt") as f:
+        with safe_open(self.reader.directory / self.files[name], framework="pt") as f:
             return tuple(f.get_slice(name).get_shape())
 
     def read(self, name: str) -> np.ndarray:
-        with safe_open(self.files[name], framework="pt") as f:
-            return f.get_tensor(name).to(torch.float32).numpy()
+        return self.reader.get(name, needed_by="GGUF").to(torch.float32).numpy()
 
 
 def _tensor(weights: _Weights, outtype: str, hf_name: str, make=None, qtype: QType | None = None) -> _Tensor:
@@ -202,10 +196,9 @@ def _moe_tensors(config: ModelConfig, weights: _Weights, outtype: str, layer: in
 
 
 def _deepseek_plan(config: ModelConfig, weights: _Weights, outtype: str) -> list[_Tensor]:
-    """DeepSeek-V3 as llama.cpp's deepseek2: MLA (q low-rank or direct, kv_b split), dense then MoE layers."""
-    q = ("q_a_proj", "q_a_layernorm", "q_b_proj") if config.mla.q_lora_rank else ("q_proj",)
-    stems = ("input_layernorm", *(f"self_attn.{n}" for n in (*q, "kv_a_proj_with_mqa", "kv_a_layernorm",
-                                                               "o_proj")), "post_attention_layernorm")
+    """DeepSeek-V3 as llama.cpp's deepseek2: MLA (q low-rank, kv_b split), dense then MoE layers."""
+    attention = ("q_a_proj", "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "o_proj")
+    stems = ("input_layernorm", *(f"self_attn.{n}" for n in attention), "post_attention_layernorm")
     plan = [_tensor(weights, outtype, "model.embed_tokens.weight")]
     for i in range(config.num_layers):
         plan += [_tensor(weights, outtype, f"model.layers.{i}.{stem}.weight") for stem in stems]
@@ -222,8 +215,9 @@ def _plan(config: ModelConfig, weights: _Weights, outtype: str) -> list[_Tensor]
     """Every tensor of the GGUF file, in order; the HF tensors must be exactly those the config describes."""
     plan = (_deepseek_plan if config.architecture is Architecture.DEEPSEEK_V3 else _dense_plan)(config, weights,
                                                                                                  outtype)
-    used = {name for tensor in plan for name in tensor.sources} | {"lm_head.weight"}  # a tied one may keep lm_head
-    extra = sorted(set(weights.files) - used)
+    used = {name for tensor in plan for name in tensor.sources}
+    # FP8 scales, MTP layers (dropped, as llama.cpp's converter does) and a tied checkpoint's lm_head are expected
+    extra = sorted(name for name in set(weights.files) - used if not _ignorable(name, config))
     if extra:
         raise ValueError(f"GGUF export: HF tensor {extra[0]!r} does not belong to a {config.architecture.value} model")
     return plan
@@ -258,15 +252,18 @@ def _check_rope(config: ModelConfig, arch: str) -> None:
                                  f"uses {expected})")
 
 
-def check_architecture(model_dir: Path) -> tuple[ModelConfig, str]:
-    """The model config of the HF directory and llama.cpp's architecture name for it; ValueError naming what
-    llama.cpp would not run as the source does."""
-    config, layout = read_hf_config(model_dir)  # refuses what the model stack does not support
+def check_architecture(model_dir: Path) -> tuple[ModelConfig, HFLayoutOptions, str]:
+    """The model config and layout of the HF directory (MTP layers dropped) and llama.cpp's architecture name for
+    it; ValueError naming what llama.cpp would not run as the source does."""
+    config, layout = read_hf_config(model_dir, drop_mtp=True)  # refuses what the model stack does not support
     arch = GGUF_ARCHITECTURES[config.architecture]
     if arch == "deepseek2" and not layout.rope_interleave:  # llama.cpp rotates the stored (interleaved) pairs
         raise ValueError("GGUF export: DeepSeek-V3 with rope_interleave=false is not supported")
+    if arch == "deepseek2" and config.mla.q_lora_rank is None:  # llama.cpp requires it but for V2-Lite's depths
+        raise ValueError("GGUF export: DeepSeek-V3 with q_lora_rank=null is not supported (llama.cpp's deepseek2 "
+                         "needs the q low-rank projection)")
     _check_rope(config, arch)
-    return config, arch
+    return config, layout, arch
 
 
 def _add_model_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, outtype: str) -> None:
@@ -295,8 +292,7 @@ def _add_deepseek_metadata(writer: gguf.GGUFWriter, config: ModelConfig) -> None
     are the *_mla keys. Routing: sigmoid scores with the expert bias, group-limited, normalised, scaled."""
     mla, moe, rope = config.mla, config.moe, config.rope
     writer.add_head_count_kv(1)
-    if mla.q_lora_rank:
-        writer.add_q_lora_rank(mla.q_lora_rank)
+    writer.add_q_lora_rank(mla.q_lora_rank)
     writer.add_kv_lora_rank(mla.kv_lora_rank)
     writer.add_key_length(mla.kv_lora_rank + mla.qk_rope_head_dim)
     writer.add_value_length(mla.kv_lora_rank)
@@ -332,9 +328,9 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype
     if outtype not in OUTTYPES:
         raise ValueError(f"GGUF export: outtype {outtype!r} is not supported (supported: {', '.join(OUTTYPES)})")
     model_dir, out = Path(model_dir), Path(out)
-    config, arch = check_architecture(model_dir)
+    config, layout, arch = check_architecture(model_dir)
     vocab = read_vocab(Path(tokenizer_dir) if tokenizer_dir is not None else model_dir, config.vocab_size)
-    weights = _Weights(model_dir)
+    weights = _Weights(model_dir, layout.fp8_block_size)
     plan = _plan(config, weights, outtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")

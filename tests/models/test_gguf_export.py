@@ -87,7 +87,8 @@ def _engine_greedy(model, prompts: list[list[int]], n: int) -> list[list[int]]:
 
 
 @pytest.mark.parametrize(("arch", "outtype"), [(arch, outtype) for arch in ("qwen2", "llama", "deepseek_v3")
-                                               for outtype in TOLERANCES] + [("llama_untied", "f16")])
+                                               for outtype in TOLERANCES]
+                         + [("llama_untied", "f16")])
 def test_llama_cpp_logits_match_ours_within_the_measured_tolerance(sources, exported, ours, arch, outtype):
     llm = _llama(exported(arch, outtype))
     try:
@@ -175,6 +176,34 @@ def test_the_documented_llama_cpp_python_chat_runs_with_the_embedded_template(so
     assert capsys.readouterr().out == choice["message"]["content"] + "\n"
 
 
+def test_an_official_style_deepseek_v3_exports_dequantised_and_without_mtp(sources, ours, tmp_path):
+    """DeepSeek's release: block-scaled FP8 weights (dequantised as load_hf does) and an MTP layer (left out, as
+    llama.cpp's converter does): llama.cpp gives our logits on the dequantised model."""
+    from tests.models.test_hf_fp8 import BLOCK, quantize_blockwise
+
+    source = tmp_path / "src"
+    shutil.copytree(sources["deepseek_v3"], source)
+    tensors = load_file(source / "model.safetensors")
+    for name, weight in list(tensors.items()):
+        if name.endswith("proj.weight") and ".layers." in name:
+            tensors[name], tensors[f"{name}_scale_inv"] = quantize_blockwise(weight.float())
+    tensors["model.layers.3.enorm.weight"] = torch.ones(96)  # the MTP module's first tensor (layer num_layers)
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text())
+    config.update(num_nextn_predict_layers=1, quantization_config={"quant_method": "fp8", "fmt": "e4m3",
+                                                                   "weight_block_size": list(BLOCK)})
+    (source / "config.json").write_text(json.dumps(config))
+    llm = _llama(export_gguf(source, tmp_path / "ds.gguf"))
+    try:
+        prompt = _prompt(source)
+        llm.eval(prompt)
+        ours_TV = logits(load_hf(source, drop_mtp=True), torch.tensor([prompt]))[0].float().numpy()
+        assert np.abs(np.asarray(llm.scores[:len(prompt)]) - ours_TV).max() <= TOLERANCES["f16"]
+        assert np.abs(ours_TV - logits(ours["deepseek_v3"], torch.tensor([prompt]))[0].numpy()).max() > 1e-3
+    finally:
+        llm.close()
+
+
 def test_q8_0_stores_the_weights_quantized(exported):
     import gguf
 
@@ -255,10 +284,13 @@ def test_llama3_rope_factors_divide_transformers_frequencies(sources):
     assert factors.min() == 1.0 and factors.max() == 8.0 and ((factors > 1) & (factors < 8)).any()
 
 
-def test_a_rope_llama_cpp_would_compute_differently_is_refused(tmp_path):
-    rope = dict(hf_fixtures.YARN, mscale=0.707)
-    hf_fixtures.deepseek_v3(rope_parameters=rope).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"yarn mscale=0.707 is not supported \(llama.cpp's deepseek2 uses 1.0\)"):
+@pytest.mark.parametrize(("overrides", "error"), [
+    (dict(rope_parameters=dict(hf_fixtures.YARN, mscale=0.707)),
+     r"yarn mscale=0.707 is not supported \(llama.cpp's deepseek2 uses 1.0\)"),
+    (dict(q_lora_rank=None), r"DeepSeek-V3 with q_lora_rank=null is not supported")])
+def test_what_llama_cpp_would_compute_differently_is_refused(tmp_path, overrides, error):
+    hf_fixtures.deepseek_v3(**overrides).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=error):
         export_gguf(tmp_path, tmp_path / "x.gguf")
 
 
