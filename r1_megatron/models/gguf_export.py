@@ -168,7 +168,7 @@ def _kv_b_tensors(config: ModelConfig, weights: _Weights, outtype: str, layer: i
     k rows, transposed) and attn_v_b [H, v, kv_lora]."""
     mla, heads = config.mla, config.num_attention_heads
     name = f"model.layers.{layer}.self_attn.kv_b_proj.weight"
-    weights.shape(name)
+    weights.shape(name)  # a clear error if it is missing
     nope, v, rank = mla.qk_nope_head_dim, mla.v_head_dim, mla.kv_lora_rank
 
     def per_head(arrays):
