@@ -32,7 +32,7 @@ from safetensors import safe_open
 
 from r1_megatron.models.config import Architecture, ModelConfig, RopeScaling
 from r1_megatron.models.gguf_tokenizer import add_vocab, read_vocab
-from r1_megatron.models.hf_checkpoint import SafetensorsReader, _ignorable
+from r1_megatron.models.hf_checkpoint import SafetensorsReader, ignorable_tensor
 from r1_megatron.models.hf_config import HFLayoutOptions, read_hf_config
 
 # --outtype -> (the type of 2-D weights, general.file_type); 1-D tensors (norms, biases, rope_freqs) stay F32
@@ -217,7 +217,7 @@ def _plan(config: ModelConfig, weights: _Weights, outtype: str) -> list[_Tensor]
                                                                                                  outtype)
     used = {name for tensor in plan for name in tensor.sources}
     # FP8 scales, MTP layers (dropped, as llama.cpp's converter does) and a tied checkpoint's lm_head are expected
-    extra = sorted(name for name in set(weights.files) - used if not _ignorable(name, config))
+    extra = sorted(name for name in set(weights.files) - used if not ignorable_tensor(name, config))
     if extra:
         raise ValueError(f"GGUF export: HF tensor {extra[0]!r} does not belong to a {config.architecture.value} model")
     return plan
@@ -368,7 +368,7 @@ def export_checkpoint_to_gguf(checkpoint: str | os.PathLike, out: str | os.PathL
     raises rank 0's error if it failed. Returns the HFExport record with `out` the GGUF file."""
     import torch.distributed as dist
 
-    from r1_megatron.models.hf_export import _transferable  # the exception itself where it pickles
+    from r1_megatron.models.hf_export import transferable_error  # the exception itself where it pickles
     from r1_megatron.runtime import world_gloo_group
     from r1_megatron.training.checkpoint import export_checkpoint_to_hf
 
@@ -385,7 +385,7 @@ def export_checkpoint_to_gguf(checkpoint: str | os.PathLike, out: str | os.PathL
             error = exc
         finally:
             shutil.rmtree(hf_dir, ignore_errors=True)
-    shared = [None if error is None else _transferable(error)]
+    shared = [None if error is None else transferable_error(error)]
     dist.broadcast_object_list(shared, src=0, group=world_gloo_group())
     if shared[0] is not None:
         raise error if error is not None else shared[0]

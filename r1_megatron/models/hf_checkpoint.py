@@ -91,7 +91,7 @@ class SafetensorsReader:
         return weight_fp8.float() * scale
 
 
-def _ignorable(name: str, config: ModelConfig) -> bool:
+def ignorable_tensor(name: str, config: ModelConfig) -> bool:
     """HF tensors that legitimately have no Megatron counterpart."""
     if name.endswith("rotary_emb.inv_freq") or name.endswith("_scale_inv"):
         return True
@@ -163,7 +163,7 @@ def build_from_checkpoint(directory: Path, config: ModelConfig, layout: HFLayout
 def _check_all_used(directory: Path, reader: SafetensorsReader, config: ModelConfig, rules) -> None:
     """Every tensor in the checkpoint must belong to some rule of the whole model (checked by every rank)."""
     used = {name for rule in rules for name in rule.hf}
-    unexpected = sorted(n for n in reader.file_of if n not in used and not _ignorable(n, config))
+    unexpected = sorted(n for n in reader.file_of if n not in used and not ignorable_tensor(n, config))
     if unexpected:
         raise CheckpointError(f"{directory}/{reader.file_of[unexpected[0]]}: {len(unexpected)} tensor(s) the config "
                               f"does not account for, e.g. {unexpected[:5]}")

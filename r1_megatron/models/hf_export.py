@@ -309,7 +309,7 @@ def _write(model: R1GPTModel, target: Path, manifests: list, owned, group, token
     return target
 
 
-def _transferable(exc: BaseException) -> BaseException:
+def transferable_error(exc: BaseException) -> BaseException:
     """`exc` itself if it survives pickling (to reach the other ranks), else a RuntimeError with its text."""
     try:
         pickle.loads(pickle.dumps(exc))
@@ -323,7 +323,7 @@ def _describe_owned(model: R1GPTModel):
     try:
         owned = _owned_pieces(model, {rule.megatron: rule for rule in weight_rules(model.model_config)})
     except Exception as exc:  # reported through rank 0, so that no rank waits on one that gave up
-        return [], ([], _transferable(exc))
+        return [], ([], transferable_error(exc))
     return owned, ([piece for piece, _ in owned], None)
 
 
@@ -350,7 +350,7 @@ def save_hf(model: R1GPTModel, path: str | os.PathLike, *, tokenizer_dir: str | 
             outcome = exc
     else:
         _serve(owned, group)
-    shared = [_transferable(outcome) if isinstance(outcome, Exception) else outcome]
+    shared = [transferable_error(outcome) if isinstance(outcome, Exception) else outcome]
     dist.broadcast_object_list(shared, src=0, group=group)
     if writer_stats is not None:
         writer_stats["bytes_owned"] = sum(piece.nbytes for piece, _ in owned)
