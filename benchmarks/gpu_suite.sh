@@ -76,6 +76,7 @@ group_advantages|60|megatron.core|$RES/group_advantages_$TAG.json|$PY $B/bench_g
 sampling|60|megatron.core|$RES/sampling_$TAG.json|$PY $B/bench_sampling.py --device cuda --out \$OUT
 sft|150|megatron.core|$RES/sft_$TAG.json|$PY $B/bench_sft.py --device cuda --sizes small --rounds 1 --warmup 1 --steps 4 --no-plot --out \$OUT
 eval|180|megatron.core,lm_eval|$RES/eval_$TAG.json|$PY $B/bench_eval.py --device cuda --preset gpu-1.5b --out \$OUT
+serve|240|megatron.core,openai,fastapi,uvicorn|$RES/serve_$TAG.json|$PY $B/bench_serve.py --gpu --no-plot --out \$OUT
 reward_runner|60|-|-|$PY $B/bench_reward_runner.py
 rollout_batch|60|-|-|$PY $B/bench_rollout_batch.py
 EOF
