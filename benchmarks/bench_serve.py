@@ -14,7 +14,7 @@ Method.
   has id vocab_size, outside the output layer: no server can sample it, so every request generates exactly
   max_tokens tokens on every server without a server-specific `ignore_eos` (transformers serve rejects unknown
   fields). The actual counts are checked per server from each response's `usage` (checks.*_tokens_ok).
-- Same requests: --prompts fixed prompt texts (paragraphs of the corpus cut to about --prompt-tokens tokens),
+- Same requests: --prompts fixed prompt texts (paragraphs of the corpus cut to exactly --prompt-tokens tokens),
   request i uses prompt i mod --prompts; greedy (temperature 0), max_tokens M, `stream: true` with
   `stream_options.include_usage`; /v1/completions by default (raw text, no template), --endpoint chat sends the
   prompt as one user message through each server's chat template. Prompt token counts are compared across servers
@@ -165,14 +165,14 @@ def write_checkpoint(directory: Path, model: dict, dtype: str, seed: int, device
 
 
 def make_prompts(tokenizer, corpus: list[str], n: int, prompt_tokens: int) -> list[str]:
-    """N prompt texts: the first N paragraphs of the corpus with at least `prompt_tokens` tokens, each cut to its
-    first `prompt_tokens` tokens and decoded (a cut through a multi-byte character may re-encode one off)."""
-    paragraphs = [p.strip() for text in corpus for p in text.split("\n\n")]
+    """N prompt texts of exactly `prompt_tokens` tokens: the first N paragraphs of the corpus whose first
+    `prompt_tokens` tokens decode to a text that encodes back to those tokens (a cut can merge or split otherwise)."""
     prompts = []
-    for p in paragraphs:
-        ids = tokenizer.encode(p, add_special_tokens=False)
-        if len(ids) >= prompt_tokens:
-            prompts.append(tokenizer.decode(ids[:prompt_tokens]))
+    for paragraph in (p.strip() for text in corpus for p in text.split("\n\n")):
+        ids = tokenizer.encode(paragraph, add_special_tokens=False)[:prompt_tokens]
+        text = tokenizer.decode(ids)
+        if len(ids) == prompt_tokens and tokenizer.encode(text, add_special_tokens=False) == ids:
+            prompts.append(text)
         if len(prompts) == n:
             return prompts
     raise ValueError(f"prompts: the corpus has only {len(prompts)} paragraphs of >= {prompt_tokens} tokens")
@@ -280,9 +280,10 @@ def summarise(records: list[dict], wall: float, max_tokens: int) -> dict:
 
 def server_command(name: str, model_dir: Path, port: int, s: Settings, extra: list[str]) -> list[str]:
     """The command line that starts server `name` on 127.0.0.1:port serving model_dir in s.dtype."""
-    if name == "ours":
+    if name == "ours":  # batch and context sized to the workload (chat templates add a few prompt tokens)
         return [sys.executable, "-m", "r1_megatron", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-                "--port", str(port), *extra]
+                "--port", str(port), "--dtype", s.dtype, "--max-batch-size", str(max(s.levels)),
+                "--max-seq-len", str(s.prompt_tokens + s.max_tokens + 32), *extra]
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--dtype", TORCH_DTYPES[s.dtype], "--device", s.device, "--log-level", "error"]
     return cmd + (["--continuous-batching"] if name == "transformers-cb" else [])

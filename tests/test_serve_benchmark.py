@@ -54,7 +54,9 @@ def test_tokenizer_is_trained_bpe_with_eos_outside_the_model(bench, tmp_path):
     with pytest.raises(ValueError, match="model_vocab 200"):
         bench.write_tokenizer(tmp_path, 200, corpus)
     prompts = bench.make_prompts(hf, corpus, 3, 24)
-    assert len(set(prompts)) == 3 and all(abs(len(hf.encode(p)) - 24) <= 1 for p in prompts)
+    assert len(set(prompts)) == 3 and all(len(hf.encode(p)) == 24 for p in prompts)
+    with pytest.raises(ValueError, match="only 0 paragraphs of >= 100000 tokens"):
+        bench.make_prompts(hf, corpus[:1], 1, 100000)
 
 
 def _record(start, chunks, tokens, prompt=10, error=None):
