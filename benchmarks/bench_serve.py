@@ -9,8 +9,9 @@ against `transformers serve` (sequential `generate`, and with --continuous-batch
 Method.
 - Same checkpoint: one HF directory written here (write_checkpoint): a random Qwen2 (transformers' init; PRESETS:
   `cpu`: hidden 384, 6 layers, vocab 4096, fp32; `gpu-1.5b`: Qwen2.5-1.5B's shape, bf16; `smoke`: tiny) with a
-  byte-level BPE tokenizer trained here (write_tokenizer) on the repository's README.md and docs/*.md (merges,
-  Qwen2's specials and a Qwen2-style chat template), padded with filler tokens to the model's vocabulary. Its EOS
+  byte-level BPE tokenizer trained here (write_tokenizer) on the repository's README.md and docs/*.md (Qwen2's
+  normalizer, pre-tokenizer and specials, a Qwen2-style chat template), padded with filler tokens to the model's
+  vocabulary. Its EOS
   has id vocab_size, outside the output layer: no server can sample it, so every request generates exactly
   max_tokens tokens on every server without a server-specific `ignore_eos` (transformers serve rejects unknown
   fields). The actual counts are checked per server from each response's `usage` (checks.*_tokens_ok).
@@ -79,6 +80,8 @@ PRESETS = {  # model, dtype and workload; --levels/--requests/--max-tokens/... o
                      servers=("ours", "transformers-cb")),
 }
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                           r"""\s*[\r\n]+|\s+(?!\S)|\s+""")  # transformers' tokenization_qwen2.PRETOKENIZE_REGEX
 
 
 @dataclasses.dataclass
@@ -125,10 +128,15 @@ def write_tokenizer(directory: Path, model_vocab: int, corpus: list[str]) -> dic
     """A byte-level BPE trained on `corpus` (ids 0 PAD, 1 TURN, then the 256 byte symbols and merges, up to
     min(model_vocab, 4096) tokens), filler tokens <|fill{i}|> up to model_vocab - 1 (decodable, never produced by
     encoding) and EOS = model_vocab, outside the output layer (never sampled). Returns {"trained", "fillers"}."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    # Qwen2's normalizer and pre-tokenizer: transformers loads a qwen2 model's tokenizer as Qwen2Tokenizer, which
+    # imposes them, so any other pre-tokenizer would tokenize differently there than in tokenizer.json
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=min(model_vocab, 4096), special_tokens=[PAD, TURN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

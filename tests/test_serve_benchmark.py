@@ -34,23 +34,29 @@ def test_percentile_is_numpys_linear(bench):
 
 
 def test_tokenizer_is_trained_bpe_with_eos_outside_the_model(bench, tmp_path):
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     from r1_megatron.tokenizer import load_tokenizer
 
     corpus = [f.read_text() for f in bench.corpus_files()]
-    counts = bench.write_tokenizer(tmp_path, 700, corpus)
-    assert counts == {"trained": 700, "fillers": 0}
+    counts = bench.write_checkpoint(tmp_path, bench.SMOKE_QWEN2, "fp32", 0, "cpu", corpus)
+    vocab = bench.SMOKE_QWEN2["vocab_size"]
+    assert counts == {"trained": vocab, "fillers": 0}
     hf, ours = AutoTokenizer.from_pretrained(str(tmp_path)), load_tokenizer(str(tmp_path))
-    assert hf.eos_token_id == ours.eos_token_id == 700 and hf.pad_token_id == 0
-    text = "The engine streams tokens — é × 2 →"
+    assert type(hf).__name__ == "Qwen2Tokenizer"  # transformers imposes Qwen2's pre-tokenizer on a qwen2 model
+    assert hf.eos_token_id == ours.eos_token_id == vocab and hf.pad_token_id == 0
+    text = "The engine streams 64 tokens in about 10 min — é × 2 →"
     ids = hf.encode(text, add_special_tokens=False)
-    assert ids == ours.encode(text) and hf.decode(ids) == text and max(ids) < 700
+    assert ids == ours.encode(text) == Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids
+    assert hf.decode(ids) == text and max(ids) < vocab
     assert len(ids) < len(text.encode())  # merges: fewer tokens than bytes
+    assert all(len(t.lstrip("Ġ")) == 1 for t in hf.convert_ids_to_tokens(ids) if any(c.isdigit() for c in t))
     prompt = hf.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     assert bench.EOS not in prompt and prompt.startswith(bench.TURN)
+    assert hf(prompt)["input_ids"] == ours.encode(prompt)
     assert bench.write_tokenizer(tmp_path, 5000, corpus[:1])["fillers"] > 0  # a small corpus: fillers to the vocab
-    assert AutoTokenizer.from_pretrained(str(tmp_path)).eos_token_id == 5000
+    assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).token_to_id(bench.EOS) == 5000
     with pytest.raises(ValueError, match="model_vocab 200"):
         bench.write_tokenizer(tmp_path, 200, corpus)
     prompts = bench.make_prompts(hf, corpus, 3, 24)
