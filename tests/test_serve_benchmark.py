@@ -110,6 +110,26 @@ def test_ratios_and_checks(bench):
         bench.settings_from(bench._parse(["--levels", "1", "2", "--requests", "3"]))
 
 
+def test_presets_and_server_commands(bench, tmp_path):
+    cpu = bench.settings_from(bench._parse([]))
+    assert (cpu.levels, cpu.requests, cpu.servers) == ([1, 8, 64], [8, 16, 128], list(bench.SERVERS))
+    gpu = bench.settings_from(bench._parse(["--gpu"]))
+    assert (gpu.device, gpu.dtype, gpu.requests, gpu.servers) == ("cuda", "bf16", [4, 8, 64], ["ours", "transformers-cb"])
+    ours = bench.server_command("ours", tmp_path, 8123, gpu, ["--seed=3"])
+    assert ours[1:4] == ["-m", "r1_megatron", "serve"] and ours[-1] == "--seed=3"
+    flags = dict(zip(ours[4::2], ours[5::2]))
+    assert flags == {"--model": str(tmp_path), "--host": "127.0.0.1", "--port": "8123", "--dtype": "bf16",
+                     "--max-batch-size": "64", "--max-seq-len": str(128 + 128 + 32)}
+    peer = bench.server_command("transformers-cb", tmp_path, 8124, gpu, ["--seed=3"])
+    assert peer[1:5] == ["-m", "transformers.cli.transformers", "serve", str(tmp_path)]
+    assert "--continuous-batching" in peer and "--seed=3" not in peer
+    assert peer[peer.index("--dtype") + 1] == "bfloat16" and peer[peer.index("--device") + 1] == "cuda"
+    assert "--continuous-batching" not in bench.server_command("transformers", tmp_path, 1, cpu, [])
+    env = bench.server_env(cpu, "transformers")
+    assert env["OMP_NUM_THREADS"] == "1" and str(bench.REPO) not in env["PYTHONPATH"].split(os.pathsep)
+    assert bench.server_env(cpu, "ours")["PYTHONPATH"].split(os.pathsep)[0] == str(bench.REPO)
+
+
 TTFT_S, GAP_S = 0.05, 0.02
 
 
