@@ -3,7 +3,8 @@ against `transformers serve` (sequential `generate`, and with --continuous-batch
 
     python benchmarks/bench_serve.py                       # the committed CPU run (results/serve_cpu_<model>.json)
     python benchmarks/bench_serve.py --smoke --out X.json  # CI size: a tiny model, concurrency 1 and 2, 4 tokens
-    python benchmarks/bench_serve.py --gpu                 # Qwen2.5-1.5B-shaped random bf16 weights on CUDA
+    python benchmarks/bench_serve.py --gpu                 # Qwen2.5-1.5B-shaped random bf16 weights on CUDA:
+                                                           #   ours vs transformers-cb, 128 + 128 tokens
     python benchmarks/bench_serve.py --servers transformers --levels 1 8   # a subset
 
 Method.
@@ -32,7 +33,7 @@ Method.
   sends several tokens in one chunk, or holds back a partial UTF-8 character, has fewer, longer gaps); TPOT per
   request = (last text chunk - first text chunk) / (completion_tokens - 1). p50/p90 are linear-interpolated
   percentiles (percentile()), means are arithmetic. Our server's GET /stats after each level is recorded
-  (peak_running: the largest running batch since start).
+  (peak_running: the largest running batch since the server started, the warmup included).
 - Ratios (ratios_ours_over[peer][C]): ours / peer for requests/s and output tokens/s (> 1: ours is faster), peer /
   ours for the TTFT and ITL p50s (> 1: ours is quicker).
 
