@@ -27,10 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_engine(model_dir, max_batch_size: int = 64):
-    """(engine, tokenizer) as `serve --model model_dir --dtype fp32` builds them."""
-    cfg = ServeConfig(EvalModelConfig(path=str(model_dir), dtype="fp32"), ParallelConfig(),
-                      max_batch_size=max_batch_size)
+def load_engine(model_dir, max_batch_size: int = 64, checkpoint=None):
+    """(engine, tokenizer) as `serve --model model_dir --dtype fp32` builds them (`serve --ckpt checkpoint` when
+    a checkpoint is given)."""
+    model = EvalModelConfig(checkpoint=str(checkpoint)) if checkpoint else EvalModelConfig(path=str(model_dir),
+                                                                                              dtype="fp32")
+    cfg = ServeConfig(model, ParallelConfig(), max_batch_size=max_batch_size)
     loaded = eval_model(cfg)
     return _engine(loaded.build(cfg), loaded.tokenizer, cfg), loaded.tokenizer
 
