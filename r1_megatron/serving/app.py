@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import logging
 import time
 
 from fastapi import FastAPI, Request
@@ -24,6 +26,7 @@ from .responses import ChatFormat, CompletionFormat, LogprobsBuilder, sse
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 DISCONNECT_POLL_S = 0.25
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +76,28 @@ def sampling_params(body, served: ServedModel, max_tokens: int, top_logprobs: in
                           max_new_tokens=max_tokens, seed=body.seed, logprobs=top_logprobs)
 
 
+def internal_errors_as_json(handler):
+    """A handler's unexpected exception (a bug) becomes a 500 in OpenAI's JSON, its traceback logged; the
+    connection and the server go on (Starlette's catch-all handler would re-raise it and drop the connection)."""
+    @functools.wraps(handler)
+    async def guarded(request: Request):
+        try:
+            return await handler(request)
+        except APIError:
+            raise
+        except Exception as exc:
+            LOG.exception("internal error in %s", request.url.path)
+            raise APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error") from None
+    return guarded
+
+
 def build_app(engine_loop: EngineLoop, served: ServedModel) -> FastAPI:
     app = FastAPI(title="r1-megatron", docs_url=None, redoc_url=None)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
         return JSONResponse(exc.body(), status_code=exc.status)
+
 
     @app.get("/health")
     async def health():
@@ -96,6 +115,7 @@ def build_app(engine_loop: EngineLoop, served: ServedModel) -> FastAPI:
                                             "owned_by": "r1-megatron", "max_model_len": served.max_seq_len}]}
 
     @app.post("/v1/completions")
+    @internal_errors_as_json
     async def completions(request: Request):
         body = parse_request(CompletionRequest, await request.body())
         served.check_model(body.model)
@@ -107,6 +127,7 @@ def build_app(engine_loop: EngineLoop, served: ServedModel) -> FastAPI:
         return await answer(request, job, CompletionFormat(served.name, len(job.choices), logprobs), body)
 
     @app.post("/v1/chat/completions")
+    @internal_errors_as_json
     async def chat_completions(request: Request):
         body = parse_request(ChatCompletionRequest, await request.body())
         served.check_model(body.model)

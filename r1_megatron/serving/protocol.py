@@ -1,7 +1,8 @@
 """The OpenAI request bodies the server accepts (pydantic models) and OpenAI's error JSON.
 
 Types are strict: `"max_tokens": "5"` or `"stream": "yes"` is a 400 naming the field, not a silent coercion.
-Fields the OpenAI API has but this server cannot honour (echo, suffix, best_of, penalties, logit_bias, tools)
+Fields the OpenAI API has but this server cannot honour (echo, suffix, best_of, penalties, logit_bias, tools,
+response_format)
 are refused by name when set to anything but their neutral value; other unknown fields (user, metadata, ...) are
 ignored, as clients and harnesses send them.
 """
@@ -14,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 INT64 = Field(ge=-2**63, le=2**63 - 1)
 MAX_STOPS = 16
+MAX_STOP_CHARS = 1000  # holding back a possible stop string costs O(length²) per token: bounded for every client
 MAX_N = 128
 MAX_LOGPROBS = 20
 # OpenAI settings this server supports only at their neutral values: anything else is refused by name
 NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": (None, {}),
-           "tools": (None, []), "tool_choice": (None, "none"), "best_of": (None, 1)}
+           "tools": (None, []), "tool_choice": (None, "none"), "best_of": (None, 1),
+           "response_format": (None, {"type": "text"})}
 
 
 class APIError(Exception):
@@ -46,7 +49,8 @@ class _Request(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
     top_k: Annotated[int, Field(ge=-1)] = 0  # vLLM's extension: 0 or -1 keeps every token
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOPS)] | None = None
+    stop: Annotated[str, Field(max_length=MAX_STOP_CHARS)] | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOPS)] | None = None
     seed: Annotated[int, INT64] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

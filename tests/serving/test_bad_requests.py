@@ -32,6 +32,8 @@ def _error(call) -> tuple[int, dict]:
     (dict(extra_body={"stop": ["ok", 3]}), "stop[1]"),
     (dict(extra_body={"presence_penalty": 0.5}), "presence_penalty"),
     (dict(extra_body={"echo": True}), "echo"),
+    (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format"),
+    (dict(stop=["x" * 1001]), "stop[0]"),  # holding back a long stop string costs its length squared per token
     (dict(prompt=[1, 2, 10**6]), "prompt"),  # outside the vocabulary
     (dict(prompt="7 + " * 400), "prompt"),  # longer than the context
     (dict(max_tokens=251), "max_tokens"),  # 6 prompt tokens + 251 > the context of 256
@@ -60,6 +62,17 @@ def test_chat_errors_name_the_field(client, kwargs, param):
 def test_unknown_model_is_404(client):
     status, body = _error(lambda: client.chat.completions.create(model="gpt-5", messages=CHAT))
     assert status == 404 and body["code"] == "model_not_found" and body["param"] == "model"
+
+
+def test_an_internal_error_is_openai_json_and_the_server_goes_on(client, server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(server.tokenizer, "encode", broken)
+    status, body = _error(lambda: client.completions.create(model=MODEL_NAME, prompt="1", max_tokens=1))
+    assert status == 500 and body["type"] == "server_error" and "tokenizer exploded" in body["message"]
+    monkeypatch.undo()
+    assert client.completions.create(model=MODEL_NAME, prompt="1", max_tokens=1).choices[0].finish_reason
 
 
 def _without(body: dict, key: str) -> dict:
