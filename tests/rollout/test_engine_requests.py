@@ -71,12 +71,15 @@ def test_abort_frees_the_request_and_leaves_the_others_unchanged(model):
     assert all(len(tokens.get((b, j), [])) <= 2 for j in range(SAMPLED.n))  # nothing sampled after the abort
 
 
-@pytest.mark.parametrize("index, steps_before", [(0, 0), (2, 0), (0, 3), (1, 3)])
-def test_aborting_one_sample_keeps_its_siblings_samples(model, index, steps_before):
+@pytest.mark.parametrize("index, steps_before, budget", [(0, 0, None), (2, 0, None), (0, 3, None), (1, 3, None),
+                                                          (0, 1, 3), (1, 1, 3)])
+def test_aborting_one_sample_keeps_its_siblings_samples(model, index, steps_before, budget):
     # before any step the group is one waiting leader (sample 0) carrying unforked siblings: aborting the
-    # leader hands the prompt to sample 1; after 3 steps the samples run on their own
+    # leader hands the prompt to sample 1; after 3 steps the samples run on their own; with a 3-token budget
+    # the 7-token prompt is half prefilled after one step, and the leader hands over its blocks mid-prefill
     want = _engine(model).generate([PROMPTS[1]], SAMPLED)
-    engine, tokens = _engine(model), {}
+    cache = CacheConfig(block_size=4, max_tokens_per_step=budget) if budget else CacheConfig(block_size=4)
+    engine, tokens = _engine(model, cache=cache), {}
     with engine.generating():
         rid = engine.add_request(PROMPTS[1], SAMPLED)
         for _ in range(steps_before):
@@ -89,7 +92,8 @@ def test_aborting_one_sample_keeps_its_siblings_samples(model, index, steps_befo
     assert reasons[(rid, index)] is FinishReason.ABORT
     for j in set(range(SAMPLED.n)) - {index}:
         assert tokens[(rid, j)] == want[j].token_ids and reasons[(rid, j)] is want[j].finish_reason, j
-    assert len(tokens.get((rid, index), [])) == steps_before  # the prompt fits one step, which samples too
+    # the prompt fits one step, which samples too (with the small budget nothing is sampled after one step)
+    assert len(tokens.get((rid, index), [])) == (0 if budget else steps_before)
 
 
 def test_stream_follows_one_request_and_loses_no_other_token(model):
