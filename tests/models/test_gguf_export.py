@@ -24,7 +24,9 @@ MESSAGES = [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant"
 # cache in f16), f16 1.6e-3 / 1.5e-3 / 3.2e-3, bf16 1.3e-2 / 1.1e-2 / 2.8e-2, q8_0 3.4e-2 / 3.4e-2 / 8.2e-2 (at
 # all positions but one of DeepSeek-V3's, where q8_0 flips a near-tie of its top-k expert routing: 0.72)
 TOLERANCES = {"f32": 5e-3, "f16": 1e-2, "bf16": 8e-2, "q8_0": 0.2}
-MOE_ROUTING_FLIPS = 0.05  # the share of positions a MoE model's q8_0 logits may miss the tolerance by
+# the share of positions a MoE model's bf16 / q8_0 logits may miss the tolerance by: two router scores closer than
+# the weights' rounding pick other experts (q8_0: 1 of 52 positions; bf16 too, 1 of 52, on a build with AVX512_BF16)
+MOE_ROUTING_FLIPS = 0.05
 Q8_0_GREEDY_GAP = 5e-2  # ~3x the largest gap measured (1.7e-2); see the greedy test
 TEXTS = ["What is 12 + 7? The sum is 19. #### 19", "中文字符 and カタカナ 12345",
          " leading space,  two spaces\nand a newline\n\n",
@@ -60,8 +62,22 @@ def ours(sources):
 
 
 def _llama(path):
+    """llama.cpp on `path`, without its extra CPU buffer types (AMX and the repacked quant layouts): a build
+    for a CPU with AMX (pip builds llama-cpp-python 0.3.36 with GGML_NATIVE, and this machine's Xeon has
+    AMX_INT8) segfaults in the first q8_0 matmul on these files, as it does on llama.cpp's own
+    convert_hf_to_gguf.py output of the same model; use_extra_bufts=False (llama-cli's --no-repack) runs the
+    plain CPU kernels, which compute the same products."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the test extra)")
-    return llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False)
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_buffer_types():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:  # Llama() reads the defaults once, while loading
+        patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffer_types)
+        return llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False)
 
 
 def _prompt(directory, repeat: int = 2) -> list[int]:
@@ -98,7 +114,7 @@ def test_llama_cpp_logits_match_ours_within_the_measured_tolerance(sources, expo
         ours_TV = logits(ours[arch], torch.tensor([prompt]))[0].float().numpy()
         assert theirs_TV.shape == ours_TV.shape
         error_T = np.abs(theirs_TV - ours_TV).max(axis=1)
-        if arch == "deepseek_v3" and outtype == "q8_0":
+        if arch == "deepseek_v3" and outtype in ("bf16", "q8_0"):
             assert (error_T > TOLERANCES[outtype]).mean() <= MOE_ROUTING_FLIPS
         else:
             assert error_T.max() <= TOLERANCES[outtype]
