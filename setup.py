@@ -74,7 +74,8 @@ setup(
     extras_require={
         # the official openai client talks to r1-megatron serve; llama-cpp-python (built from source, ~4 min on
         # 2 cores) loads the GGUF exports
-        "test": ["pytest>=7", "transformers>=5.0", "openai>=1.0", "llama-cpp-python==0.3.36"],
+        # accelerate: `transformers serve`, the peer benchmarks/bench_serve.py's smoke test starts, needs it
+        "test": ["pytest>=7", "transformers>=5.0", "openai>=1.0", "llama-cpp-python==0.3.36", "accelerate"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         # benchmarks/ peers: TRL (bench_grpo_step.py, bench_sft.py); 1.16.0 is the release tested with
         # transformers 5.24 and torch 2.13 (it brings accelerate and datasets). lm-evaluation-harness

@@ -165,13 +165,25 @@ def evaluate_served(args: argparse.Namespace, port: int, name: str, work: Path):
         stop_server(server)
 
 
+def portable(command: list[str], work: Path) -> list[str]:
+    """The command as recorded in the JSON: `python` for this interpreter, paths inside the repository relative
+    to it, the temporary directory as TMP (so the file names nothing of the machine it ran on)."""
+    repo, out = str(Path(__file__).resolve().parent.parent), []
+    for arg in command:
+        arg = "python" if arg == sys.executable else arg.replace(str(work), "TMP").replace(repo + os.sep, "")
+        out.append(arg)
+    return out
+
+
 def main(argv=None) -> int:
     args, started = parse_args(argv), time.monotonic()
     port, name = args.port or free_port(), os.path.basename(os.path.normpath(args.model))
     with tempfile.TemporaryDirectory(prefix="lm_eval_check_") as work:
         server_cmd, eval_cmd, results, samples = evaluate_served(args, port, name, Path(work))
+        server_cmd, eval_cmd = portable(server_cmd, Path(work)), portable(eval_cmd, Path(work))
     rows = compare(samples, reference_responses(args.model, samples, chat=args.mode == "chat"))
-    summary = {"mode": args.mode, "model": args.model, "server_command": server_cmd, "lm_eval_command": eval_cmd,
+    summary = {"mode": args.mode, "model": name, "command": " ".join(portable([sys.executable, *sys.argv], Path(work))),
+               "server_command": server_cmd, "lm_eval_command": eval_cmd,
                "lm_eval_results": results["results"], "n_samples": len(rows),
                "mismatches": sum(not r["matches_reference"] for r in rows), "wall_s": round(time.monotonic() - started),
                "versions": {p: importlib.metadata.version(p) for p in ("lm_eval", "transformers", "torch")},

@@ -40,7 +40,8 @@ def test_64_concurrent_streams_equal_each_alone_and_are_batched(server, referenc
     assert results == want
     stats = server.get("/stats")
     print(f"peak running batch over 64 concurrent streams: {stats['peak_running']}")
-    assert stats["peak_running"] > 1
+    # the peak is the server's since start: earlier tests ran at most 4 sequences together, so 16 is this test's
+    assert stats["peak_running"] >= 16
     assert stats["finished"] - before["finished"] == len(PROMPTS) and stats["live"] == 0
 
 
