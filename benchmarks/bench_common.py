@@ -244,3 +244,14 @@ def command_line(script: str, argv: list[str] | None) -> str:
     except ValueError:
         pass
     return " ".join(["python", str(path), *(sys.argv[1:] if argv is None else argv)])
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for a benchmark's JSON; the platform's name elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

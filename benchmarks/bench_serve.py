@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import command_line, package_version, write_payload  # noqa: E402
+from bench_common import command_line, cpu_name, package_version, write_payload  # noqa: E402
 from bench_eval import CHAT_TEMPLATE, EOS, PAD, QWEN2_COMMON, QWEN25_15B, TURN  # noqa: E402
 from server_process import Server, free_port, get_json  # noqa: E402
 
@@ -376,16 +376,6 @@ def checks(servers: dict, s: Settings) -> dict:
     out["prompt_tokens"] = prompt_counts
     out["prompt_tokens_match"] = len({json.dumps(v) for v in prompt_counts.values()}) == 1 if prompt_counts else None
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: str) -> dict:

@@ -76,7 +76,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import set_threads, write_payload  # noqa: E402
+from bench_common import cpu_name, set_threads, write_payload  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -731,15 +731,6 @@ def ratios(configs: dict) -> dict:
 def environment(args: argparse.Namespace, argv: list[str] | None) -> dict:
     import torch
 
-    def cpu_model() -> str:
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or platform.machine()
-
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
@@ -752,7 +743,7 @@ def environment(args: argparse.Namespace, argv: list[str] | None) -> dict:
         pass
     return {"command": " ".join([Path(sys.executable).name, str(script), *(sys.argv[1:] if argv is None else argv)]),
             "device_type": args.device,
-            "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_model(),
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
             "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None, "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.version.cuda,
