@@ -145,6 +145,9 @@ def build_app(engine_loop: EngineLoop, served: ServedModel) -> FastAPI:
 
 def chat_prompt(tokenizer, body: ChatCompletionRequest) -> str:
     """The conversation rendered by the tokenizer's chat template, ready for the assistant's turn."""
+    if getattr(tokenizer, "chat_template", None) is None:  # a base model's tokenizer (the built-in demo's too)
+        raise bad_request("messages", "messages: this model's tokenizer has no chat template; send the prompt text "
+                                      "to /v1/completions instead")
     try:
         return tokenizer.apply_chat_template([m.template_message() for m in body.messages],
                                              add_generation_prompt=True)

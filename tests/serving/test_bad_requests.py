@@ -75,6 +75,13 @@ def test_an_internal_error_is_openai_json_and_the_server_goes_on(client, server,
     assert client.completions.create(model=MODEL_NAME, prompt="1", max_tokens=1).choices[0].finish_reason
 
 
+def test_chat_without_a_chat_template_points_to_completions(client, server, monkeypatch):
+    monkeypatch.setattr(server.tokenizer, "chat_template", None)
+    status, body = _error(lambda: client.chat.completions.create(model=MODEL_NAME, messages=CHAT))
+    assert status == 400 and body["param"] == "messages" and "no chat template" in body["message"], body
+    assert "/v1/completions" in body["message"]
+
+
 def _without(body: dict, key: str) -> dict:
     return {k: v for k, v in body.items() if k != key}
 
