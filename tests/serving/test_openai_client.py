@@ -82,7 +82,10 @@ def test_stop_string_cuts_the_text_and_aborts_the_sample(client, server, referen
     start = next(i for i in range(2, len(full)) if full[i].isascii() and full[i].strip())
     stop = full[start]
     before = server.engine_loop.counters.aborts
-    kwargs = dict(model=MODEL_NAME, prompt=PROMPTS[3], max_tokens=GREEDY_TOKENS, temperature=0, stop=[stop, "@@@"])
+    # max_tokens far past the stop: the sample is still running when the abort reaches the engine thread (with
+    # max_tokens at the stop's own token count the engine could finish it first, and nothing would be aborted)
+    kwargs = dict(model=MODEL_NAME, prompt=PROMPTS[3], max_tokens=8 * GREEDY_TOKENS, temperature=0,
+                  stop=[stop, "@@@"])
     if stream:
         texts, finish, _ = streamed_text(client.completions.create(stream=True, **kwargs))
     else:
