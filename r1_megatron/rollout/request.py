@@ -44,8 +44,8 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     sequences: list[Sequence]
-    reported: list[int] = dataclasses.field(default_factory=list)  # tokens reported, per sample
-    finish_reported: list[bool] = dataclasses.field(default_factory=list)
+    reported: list[int] = dataclasses.field(init=False)  # tokens reported, per sample
+    finish_reported: list[bool] = dataclasses.field(init=False)
 
     def __post_init__(self):
         self.reported = [0] * len(self.sequences)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from r1_megatron.rollout import FinishReason
+
 from .detokenizer import IncrementalDetokenizer
 from .stop_strings import StopStringMatcher
 
-# the engine's FinishReason values as OpenAI names them; "abort": ended by a disconnect or a shutdown
-FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
 @dataclasses.dataclass
@@ -51,7 +51,8 @@ class SampleText:
         else:
             if delta.finish_reason is not None and not self._emit(out, self.detokenizer.flush()):
                 out.text += self.matcher.flush() if self.matcher else ""
-                out.finish_reason = FINISH_REASONS[getattr(delta.finish_reason, "value", delta.finish_reason)]
+                # the engine's values are OpenAI's names ("abort": a disconnect or a shutdown ended it)
+                out.finish_reason = FinishReason(delta.finish_reason).value
         self.num_tokens += len(out.token_ids)
         self.text += out.text
         self.finish_reason = out.finish_reason
