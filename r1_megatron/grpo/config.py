@@ -25,6 +25,7 @@ from r1_megatron.rollout.sampling_params import SamplingParams
 from r1_megatron.training.run_sections import CheckpointConfig, LoggingConfig, RunConfig  # noqa: F401
 
 from .loss_health import check_bands
+from .router_rl import RouterRLConfig
 
 
 def _positive(owner: str, **values) -> None:
@@ -272,7 +273,8 @@ class WarmStartConfig:
 @dataclasses.dataclass
 class GRPORunConfig(RunConfig):
     """A whole GRPO run: the sections every run has (training/run_sections.py: run_dir, seed, model, parallel,
-    optimizer, checkpoint, logging), GRPO's own, and the periodic evaluation (evaluation/config.py)."""
+    optimizer, checkpoint, logging), GRPO's own, the periodic evaluation (evaluation/config.py) and the MoE
+    routers' RL settings (grpo/router_rl.py)."""
 
     DEFAULT_RECIPE: ClassVar[Path] = Path(__file__).resolve().parent / "recipes" / "tiny_demo.yaml"
 
@@ -284,6 +286,7 @@ class GRPORunConfig(RunConfig):
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
     evaluation: TrainingEvalConfig = dataclasses.field(default_factory=TrainingEvalConfig)
+    router: RouterRLConfig = dataclasses.field(default_factory=RouterRLConfig)  # MoE policies (grpo/router_rl.py)
 
     def __post_init__(self):
         _positive("run", steps=self.steps)

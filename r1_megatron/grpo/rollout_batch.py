@@ -27,6 +27,9 @@ class RolloutSample:
     advantage: float
     truncated: bool  # finished by length, not by EOS
     prompt_index: int  # the prompt's index within the step's global batch (over data-parallel ranks)
+    # the experts each input token (prompt + completion[:-1]) was routed to while generating [P + C - 1, L, k]
+    # (models/routing_replay.py), None when not recorded
+    routing: torch.Tensor | None = None
 
 
 def mini_batch_parts(samples: list[RolloutSample], parts: int) -> list[list[RolloutSample]]:
@@ -72,8 +75,19 @@ def _micro_batch(rows: list[RolloutSample | None], seq_len: int, pad_id: int, ma
                                                       torch.float32))
     adv_B = torch.tensor([s.advantage if s is not None else 0.0 for s in rows])
     valid_B = torch.tensor([float(s is not None) for s in rows])
-    return MicroBatch(ids_BT[:, :-1], ids_BT[:, 1:], completion_BT * counted_B[:, None],
-                      extras={"old_logprobs": old_BT, "advantages": adv_B, "valid": valid_B})
+    extras = {"old_logprobs": old_BT, "advantages": adv_B, "valid": valid_B}
+    if real and real[0].routing is not None:
+        extras["routing"] = _routing(real, t_T < (prompt_B + n_B - 1)[:, None])
+    return MicroBatch(ids_BT[:, :-1], ids_BT[:, 1:], completion_BT * counted_B[:, None], extras=extras)
+
+
+def _routing(samples: list[RolloutSample], fed_BT: torch.Tensor) -> torch.Tensor:
+    """extras["routing"] [B, T, L, k] int16: each sample's recorded experts at the positions whose input token the
+    engine fed (prompt + completion[:-1]), -1 elsewhere; rows in order, as boolean indexing fills them."""
+    _, L, k = samples[0].routing.shape
+    routing_BTLK = torch.full((*fed_BT.shape, L, k), -1, dtype=torch.int16)
+    routing_BTLK[fed_BT] = torch.cat([s.routing for s in samples]).to(torch.int16)
+    return routing_BTLK
 
 
 def _check_fits(samples: list[RolloutSample], seq_len: int) -> None:
@@ -84,6 +98,12 @@ def _check_fits(samples: list[RolloutSample], seq_len: int) -> None:
         if len(s.rollout_logprobs) != len(s.completion_ids):
             raise ValueError(f"a rollout sample has {len(s.rollout_logprobs)} logprobs for "
                              f"{len(s.completion_ids)} completion tokens")
+        fed = len(s.prompt_ids) + len(s.completion_ids) - 1
+        if s.routing is not None and s.routing.shape[0] != fed:
+            raise ValueError(f"a rollout sample has recorded routing for {s.routing.shape[0]} tokens, its "
+                             f"{len(s.prompt_ids)} prompt + {len(s.completion_ids)} completion tokens fed {fed}")
+        if (s.routing is None) != (samples[0].routing is None):
+            raise ValueError("rollout samples mix recorded and unrecorded routing")
 
 
 def empty_micro_batch(batch: int, seq_len: int) -> MicroBatch:
@@ -109,6 +129,8 @@ def _train_sequence(s: RolloutSample, mask_truncated: bool, agg: LossAgg, norm_l
     unit = {LossAgg.TOKEN_MEAN: 0.0, LossAgg.SEQ_MEAN_TOKEN_MEAN: counted, LossAgg.SEQ_MEAN_TOKEN_SUM: 1.0,
             LossAgg.SEQ_MEAN_TOKEN_SUM_NORM: float(norm_length)}[agg]
     units = [0.0] * first + ([counted] * n if agg is LossAgg.TOKEN_MEAN else [unit] + [0.0] * (n - 1))
-    return TrainSequence(s.prompt_ids + s.completion_ids, [0.0] * first + [weight] * n,
-                         {"old_logprobs": [0.0] * first + list(s.rollout_logprobs),
-                          "advantages": [s.advantage] * (first + n), "units": units})
+    extras = {"old_logprobs": [0.0] * first + list(s.rollout_logprobs), "advantages": [s.advantage] * (first + n),
+              "units": units}
+    if s.routing is not None:
+        extras["routing"] = s.routing
+    return TrainSequence(s.prompt_ids + s.completion_ids, [0.0] * first + [weight] * n, extras)

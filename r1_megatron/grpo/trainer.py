@@ -8,6 +8,7 @@ trains the same rows together, and so does every stage of a pipeline (the loss s
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -25,7 +26,7 @@ from r1_megatron.training.micro_batch import MicroBatch
 from r1_megatron.training.offload import HostOffload
 from r1_megatron.training.packing import extend_to
 from r1_megatron.training.run import Run
-from r1_megatron.training.step import train_step
+from r1_megatron.training.step import train_step, unwrap
 from r1_megatron.training.step_stats import StepStats
 
 from .config import GRPORunConfig
@@ -34,6 +35,7 @@ from .loss_health import LossHealth
 from .policy_loss import policy_loss_fn
 from .reference import ReferenceModel
 from .reward_health import RewardHealth
+from .router_rl import RouterHealth, apply_router_settings, set_routing_mode
 from .rollout_batch import (RolloutSample, empty_micro_batch, micro_batches, mini_batch_parts, packed_micro_batches,
                             split_parts)
 from .task import build_task, sample_seed
@@ -78,14 +80,19 @@ class GRPOTrainer:
         self.engine = Engine(self.ddp, max_batch_size=cfg.rollout.max_batch_size, max_seq_len=self._max_seq_len(),
                              eos_token_ids=[self.task.tokenizer.eos_token_id], seed=cfg.seed,
                              cache=cfg.rollout.cache, graphs=cfg.rollout.graphs,
-                             pipeline_micro_batches=cfg.rollout.pipeline_micro_batches)
+                             pipeline_micro_batches=cfg.rollout.pipeline_micro_batches,
+                             record_routing=cfg.router.replay.records and unwrap(self.ddp).model_config.has_moe)
         self.step_samples: list[dict] = []  # the completions samples.jsonl shows of the current step
         self.warm_start = WarmStartSummary()
         if not run.resumed and cfg.warm_start.max_steps:
             self.warm_start.metrics = warm_start(cfg, run, self.engine, self.task)
+        apply_router_settings(self.ddp, cfg.router)  # RL from here on: before the reference copies the config
+        self.router_health = RouterHealth(self.ddp, cfg.router.replay)
         self.optimizer, self.scheduler = run.build_optimizer(total_steps=cfg.steps)
         self.reference = ReferenceModel(self.ddp, on_host=cfg.algorithm.ref_on_host) \
             if cfg.algorithm.uses_reference else None
+        if self.reference is not None:
+            set_routing_mode(self.reference.model, cfg.router.replay)
         run.track("data", self.task.dataset)
         run.track("warm_start", self.warm_start)
         if self.reference is not None:
@@ -108,6 +115,7 @@ class GRPOTrainer:
             while loop.running():
                 t_step = time.perf_counter()
                 stats = StepStats()
+                self.router_health.begin_step()
                 samples = self.rollout(rewards, stats)
                 batches = self.training_batches(samples, stats)
                 self.update(batches, stats)
@@ -152,6 +160,7 @@ class GRPOTrainer:
                 groups = [g for g in groups if len({s.reward for s in g}) > 1]
             kept.extend(s for g in groups[:want - len(kept) // G] for s in g)
         stats.add("rollout/groups_kept", len(kept) / G / want)
+        self.router_health.add_rollout([s.routing for s in kept])
         return kept
 
     def _scored_groups(self, prompts, first_index: int, round_: int, rewards, stats) -> list[list[RolloutSample]]:
@@ -174,8 +183,9 @@ class GRPOTrainer:
         if round_ == 0:
             self.step_samples = self._shown_samples(prompts, batch, adv_B)
         samples = [RolloutSample(list(prompts[s.prompt_index].prompt_ids), s.token_ids, s.logprobs, float(rw),
-                                 float(a), s.finish_reason is FinishReason.LENGTH, first_index + s.prompt_index)
-                   for s, rw, a in zip(batch.samples, rewards_B.tolist(), adv_B.tolist())]
+                                 float(a), s.finish_reason is FinishReason.LENGTH, first_index + s.prompt_index,
+                                 c.routing)
+                   for s, c, rw, a in zip(batch.samples, batch.completions, rewards_B.tolist(), adv_B.tolist())]
         return [samples[i:i + G] for i in range(0, len(samples), G)]
 
     def training_batches(self, samples: list[RolloutSample], stats: StepStats) -> list[list[MicroBatch]]:
@@ -189,7 +199,9 @@ class GRPOTrainer:
         flat = [mb for m in minis for mb in m]
         t0 = time.perf_counter()
         if cfg.algorithm.recompute_old_logprobs:
-            for mb, logp_BT in zip(flat, forward_logprobs(self.ddp, flat, cfg.rollout.temperature)):
+            with self.router_health.measuring():  # the first forward on the rollout's weights
+                recomputed = forward_logprobs(self.ddp, flat, cfg.rollout.temperature)
+            for mb, logp_BT in zip(flat, recomputed):
                 self._mismatch(stats, logp_BT, mb)
                 mb.extras["old_logprobs"] = logp_BT
         if self.reference is not None:
@@ -223,7 +235,9 @@ class GRPOTrainer:
         for epoch in range(self.cfg.algorithm.epochs):
             for i, mini in enumerate(minis):
                 on_policy = epoch == 0 and i == 0 and not self.cfg.algorithm.recompute_old_logprobs
-                result = train_step(self.ddp, self.optimizer, self.scheduler, mini, self._loss_fn(stats, on_policy))
+                with self.router_health.measuring() if on_policy else contextlib.nullcontext():
+                    result = train_step(self.ddp, self.optimizer, self.scheduler, mini,
+                                        self._loss_fn(stats, on_policy))
                 self.run.guard.record(result)  # a non-finite update is skipped, counted, and may stop the run
                 stats.add("loss/total", result.loss)  # clipped surrogate + β·KL, as optimised
                 stats.add("grad_norm", result.grad_norm)
@@ -301,6 +315,7 @@ class GRPOTrainer:
         out["throughput/tokens_per_s"] = out.pop("rollout/tokens") / max(out["time/step"], 1e-9)  # generated
         out["advantage/std"] = max(out.pop("advantage/square_mean") - out["advantage/mean"] ** 2, 0.0) ** 0.5
         out.update(self.warm_start.metrics if self.step == 1 else {})
+        out.update(self.router_health.metrics(self.dp_group))
         return out
 
     def _evaluation_due(self) -> bool:

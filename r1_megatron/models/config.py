@@ -33,6 +33,9 @@ class ScoreFunction(str, enum.Enum):
     SOFTMAX = "softmax"
 
 
+ROUTER_DTYPES = ("fp32", "fp64")  # Megatron's moe_router_dtype values we allow (bf16 routing flips experts)
+
+
 def _positive(owner: str, **values) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -101,6 +104,7 @@ class MoEConfig:
     norm_topk_prob: bool = True
     aux_loss_coeff: float = 0.0  # sequence-wise auxiliary balance loss (DeepSeek-V3 used 1e-4)
     token_dispatcher: str = "alltoall"
+    router_dtype: str = "fp32"  # the router's logits, scores and top-k: fp32, or fp64 (RL: grpo/router_rl.py)
 
     def __post_init__(self):
         self.score_function = ScoreFunction(self.score_function)
@@ -119,6 +123,9 @@ class MoEConfig:
         if self.top_k == 1 and self.score_function is ScoreFunction.SIGMOID:
             raise ValueError("MoEConfig.top_k=1 with sigmoid scores is not supported: Megatron skips the "
                              "normalisation that HF applies")
+        if self.router_dtype not in ROUTER_DTYPES:
+            raise ValueError(f"MoEConfig.router_dtype must be one of {', '.join(ROUTER_DTYPES)}, got "
+                             f"{self.router_dtype!r}")
         if self.token_dispatcher not in ("alltoall", "allgather"):
             raise ValueError(f"MoEConfig.token_dispatcher must be 'alltoall' or 'allgather', "
                              f"got {self.token_dispatcher!r}")
@@ -256,7 +263,7 @@ def _moe_kwargs(model: ModelConfig) -> dict:
         moe_router_bias_update_rate=moe.bias_update_rate,
         moe_router_num_groups=moe.num_groups, moe_router_group_topk=moe.group_topk,
         moe_router_topk_scaling_factor=moe.routed_scaling_factor,
-        moe_router_dtype="fp32", moe_grouped_gemm=False, moe_token_dispatcher_type=moe.token_dispatcher,
+        moe_router_dtype=moe.router_dtype, moe_grouped_gemm=False, moe_token_dispatcher_type=moe.token_dispatcher,
         moe_router_load_balancing_type="seq_aux_loss" if moe.aux_loss_coeff > 0 else "none",
         moe_aux_loss_coeff=moe.aux_loss_coeff,
     )

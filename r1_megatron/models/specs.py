@@ -59,8 +59,7 @@ def _mlp_spec(model: ModelConfig, backend: R1SpecProvider, moe: bool) -> ModuleS
     if not moe:
         return get_mlp_module_spec_for_backend(backend=backend, num_experts=None)
     spec = get_moe_module_spec_for_backend(backend=backend, num_experts=model.moe.num_experts, moe_grouped_gemm=False)
-    if model.moe.num_groups:
-        spec.submodules.router = DeepSeekTopKRouter
+    spec.submodules.router = DeepSeekTopKRouter  # group top-k, and routing record/replay (models/routing_replay.py)
     return spec
 
 

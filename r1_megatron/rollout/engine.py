@@ -41,6 +41,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer.utils import set_model_to_sequence_parallel
 
 from r1_megatron.models.kv_cache import KVCache
+from r1_megatron.models.routing_replay import RoutingRecorder, routing_session
 from r1_megatron.training.step import unwrap
 
 from .block_manager import BlockManager
@@ -59,14 +60,15 @@ from .sequence import Completion, FinishReason, Sequence
 class Engine:
     def __init__(self, model, *, max_batch_size: int, max_seq_len: int, eos_token_ids: Seq[int] = (), seed: int = 0,
                  cache: CacheConfig | None = None, graphs: GraphConfig | None = None,
-                 pipeline_micro_batches: int | None = None):
+                 pipeline_micro_batches: int | None = None, record_routing: bool = False):
         """model: a model from load_hf/build_model, or the trainer's DDP-wrapped one; max_batch_size: sequences
         decoded together; max_seq_len: prompt + completion tokens per sequence; eos_token_ids: tokens that end
         every completion ("stop"); seed: seeds the draw of request seeds for unseeded params; cache: the paged
         KV cache's settings (default: room for max_batch_size sequences of max_seq_len, never preempting);
         graphs: CUDA-graph decode (rollout/decode_graphs.py; on by default on GPU, eager on CPU);
         pipeline_micro_batches: with pipeline parallelism, the micro-batches a step is cut into (default: the
-        pipeline size, so that every stage has one to work on)."""
+        pipeline size, so that every stage has one to work on); record_routing: each Completion carries the
+        experts its tokens were routed to (`routing`, for routing replay in training: models/routing_replay.py)."""
         checks = [("max_batch_size", max_batch_size, 1), ("max_seq_len", max_seq_len, 2)]
         if pipeline_micro_batches is not None:
             checks.append(("pipeline_micro_batches", pipeline_micro_batches, 1))
@@ -94,6 +96,9 @@ class Engine:
         pp = parallel_state.get_pipeline_model_parallel_world_size() \
             if parallel_state.model_parallel_is_initialized() else 1
         self.pipeline = PipelineStages(self.model, self.device, int(pipeline_micro_batches or pp)) if pp > 1 else None
+        # the recorder's buffer takes any forward's tokens: a step's, a decode bucket's, an idle forward's one
+        self.recorder = RoutingRecorder(self.model, max(self.max_tokens_per_step, self.max_batch_size), self.device) \
+            if record_routing else None
 
     def parameters(self):
         """The tensors generation reads: the model's own parameters."""
@@ -112,6 +117,9 @@ class Engine:
         if was_sp:  # decode steps have one token per row: nothing to split over the sequence
             set_model_to_sequence_parallel(self.model, False)
         self.cache = KVCache(self.num_blocks, self.cache_config.block_size, mla_latent=self.cache_config.mla_latent)
+        recording = routing_session(self.model, self.recorder) if self.recorder is not None \
+            else contextlib.nullcontext()
+        recording.__enter__()  # before the decode graphs are captured: they record too
         # pipeline stages pass exact token counts to each other: no bucket padding there
         self.static_decode = None if self.pipeline is not None else static_decode(
             self.model, self.cache, self.max_batch_size, -(-self.max_seq_len // self.cache_config.block_size),
@@ -119,7 +127,7 @@ class Engine:
         self._blocks = BlockManager(self.num_blocks, self.cache_config.block_size)
         self._scheduler = Scheduler(self._blocks, self.max_batch_size, self.max_tokens_per_step)
         self._runner = ModelRunner(self.model, self.cache, self.device, self.max_batch_size, self.max_seq_len,
-                                   self.static_decode)
+                                   self.static_decode, self.recorder)
         self.stats, self.requests = GenerationStats(), {}
         try:
             with offload if offload is not None else contextlib.nullcontext():
@@ -128,6 +136,7 @@ class Engine:
             if self.pipeline is not None:
                 self.pipeline.release()
             self.cache.free()
+            recording.__exit__(None, None, None)
             self.cache = self.static_decode = self._blocks = self._scheduler = self._runner = None
             self.requests = {}
             if was_sp:

@@ -11,9 +11,11 @@ import torch
 from megatron.core import parallel_state
 
 from r1_megatron.models.kv_cache import ForwardContext, KVCache, PrefillChunk, forward_context
+from r1_megatron.models.routing_replay import RoutingRecorder
 
 from .decode_graphs import StaticDecode
 from .sampler import SamplingBatch
+from .routing_trace import RoutingTrace
 from .scheduler import Chunk, StepPlan
 from .sequence import Sequence
 from .top_logprobs import top_logprobs
@@ -22,10 +24,12 @@ from .vocab_parallel_sampling import sample_vocab_parallel
 
 class ModelRunner:
     def __init__(self, model, cache: KVCache, device: torch.device, max_num_seqs: int, max_seq_len: int,
-                 static_decode: StaticDecode | None = None):
+                 static_decode: StaticDecode | None = None, recorder: RoutingRecorder | None = None):
         """static_decode: the bucketed static-buffer decode path (CUDA graphs), used for decode-only steps whose
-        batch fits a bucket; None decodes eagerly."""
+        batch fits a bucket; None decodes eagerly. recorder: the routing session set on the model's routers
+        (models/routing_replay.py), whose experts each forward hands to its sequences' RoutingTraces."""
         self.model, self.cache, self.device, self.max_seq_len = model, cache, device, max_seq_len
+        self.recorder = recorder
         self.vocab_size = model.model_config.vocab_size
         tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() \
             else 1
@@ -37,6 +41,12 @@ class ModelRunner:
         self._table_rows: list[list[int]] = [[] for _ in range(max_num_seqs)]
 
     def forward(self, plan: StepPlan) -> torch.Tensor:
+        out = self._forward(plan)
+        if self.recorder is not None:
+            self._record_routing(plan.chunks)
+        return out
+
+    def _forward(self, plan: StepPlan) -> torch.Tensor:
         """Logits [R, V / TP] of the chunks that sample, in plan order: this rank's vocab shard, never gathered
         (sample() combines the shards' partial results). On a pipeline stage before the last: the stage's hidden
         states [N, H] of the step's N tokens (rollout/pipeline_stages.py)."""
@@ -54,6 +64,18 @@ class ModelRunner:
         with forward_context(ctx), torch.inference_mode():
             logits_R1V = self.model(ids_1N, ctx.positions_N[None], None, runtime_gather_output=False)
         return logits_R1V[:, 0]
+
+    def _record_routing(self, chunks: list[Chunk]) -> None:
+        """Each chunk's rows of the forward's routing (its tokens are consecutive, in plan order, in the flat
+        row the model saw, and first in a padded decode bucket) into its sequence's trace."""
+        rec = self.recorder
+        rows_NLK = rec.rows(sum(c.end - c.start for c in chunks))
+        offset = 0
+        for c in chunks:
+            if c.seq.routing is None:
+                c.seq.routing = RoutingTrace(rec.num_layers, rec.topk, rec.dtype)
+            c.seq.routing.write(c.start, rows_NLK[offset:offset + c.end - c.start])
+            offset += c.end - c.start
 
     def sample(self, logits_RV: torch.Tensor, sampling: list[tuple[Sequence, int]]) -> None:
         """Append each sequence's next token, sampled from logits row r (siblings share their leader's row)."""

@@ -111,6 +111,7 @@ class Scheduler:
             heir, *heir.siblings = seq.siblings
             seq.siblings = []
             heir.block_ids, heir.num_computed, seq.block_ids = seq.block_ids, seq.num_computed, []
+            heir.routing, seq.routing = seq.routing, None
             self._replace(seq, heir)
         elif seq in self.running:
             self.running.remove(seq)
@@ -188,6 +189,8 @@ class Scheduler:
         for sibling in siblings:
             sibling.block_ids = self.blocks.fork(leader.block_ids)
             sibling.num_computed = leader.num_computed
+            if leader.routing is not None:
+                sibling.routing = leader.routing.fork(leader.num_computed)
         index = self.running.index(leader) + 1
         self.running[index:index] = siblings
         return siblings

@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+import torch
+
+from .routing_trace import RoutingTrace
 from .sampling_params import SamplingParams
 
 
@@ -25,6 +28,9 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: FinishReason
+    # with Engine(record_routing=True): the experts each fed token (prompt + completion[:-1]) was routed to,
+    # [P + C - 1, L, k] over this rank's MoE layers (models/routing_replay.py); None otherwise
+    routing: torch.Tensor | None = None
 
     @property
     def content_ids(self) -> list[int]:
@@ -58,6 +64,7 @@ class Sequence:
     row: int | None = None
     siblings: list[Sequence] = dataclasses.field(default_factory=list)
     finish_reason: FinishReason | None = None
+    routing: RoutingTrace | None = None  # the experts of its computed tokens (Engine(record_routing=True))
 
     def tokens(self, start: int, end: int) -> list[int]:
         """Tokens [start, end) of prompt + completion."""
@@ -86,4 +93,5 @@ class Sequence:
         return self.finish_reason is not None
 
     def completion(self) -> Completion:
-        return Completion(self.prompt_index, list(self.token_ids), list(self.logprobs), self.finish_reason)
+        return Completion(self.prompt_index, list(self.token_ids), list(self.logprobs), self.finish_reason,
+                          None if self.routing is None else self.routing.tensor())

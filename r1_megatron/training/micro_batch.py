@@ -6,8 +6,9 @@ Row b holds one sequence (padded) or several (packed). For every position t of a
     segment_ids[b, t] names the sequence the token belongs to (1, 2, ... within the row; 0 = padding), and
     attention never crosses segments.
 `segment_ids` None means one sequence per row starting at position 0 (plain causal attention; position_ids then
-default to 0..T-1). Per-token extras ([B, T], e.g. the GRPO rollout's old log-probabilities) are padded and moved
-with the rest; per-row extras ([B], e.g. a validity flag) keep their shape.
+default to 0..T-1). Per-token extras ([B, T] or [B, T, ...], e.g. the GRPO rollout's old log-probabilities, or the
+experts each token was routed to [B, T, L, k]) are padded and moved with the rest (integer ones pad with -1, "no
+value"; float ones with 0); per-row extras ([B], e.g. a validity flag) keep their shape.
 """
 from __future__ import annotations
 
@@ -35,10 +36,9 @@ class MicroBatch:
             if value is not None and tuple(value.shape) != shape:
                 raise ValueError(f"MicroBatch.{name} has shape {tuple(value.shape)}, input_ids {shape}")
         for name, value in self.extras.items():
-            if tuple(value.shape[:1]) != shape[:1] or (value.dim() == 2 and value.shape[1] != shape[1]) \
-                    or value.dim() > 2:
-                raise ValueError(f"MicroBatch.extras[{name!r}] has shape {tuple(value.shape)}: expected [B] or "
-                                 f"[B, T] for input_ids {shape}")
+            if tuple(value.shape[:1]) != shape[:1] or (value.dim() >= 2 and value.shape[1] != shape[1]):
+                raise ValueError(f"MicroBatch.extras[{name!r}] has shape {tuple(value.shape)}: expected [B], "
+                                 f"[B, T] or [B, T, ...] for input_ids {shape}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -76,7 +76,7 @@ class MicroBatch:
             raise ValueError(f"MicroBatch.pad_to({T}): the batch is already {T0} long")
         if T == T0:
             return self
-        pad = lambda t: F.pad(t, (0, T - T0)) if t.dim() == 2 else t  # noqa: E731
+        pad = lambda t: _pad_tokens(t, T - T0)  # noqa: E731
         positions = None
         if self.position_ids is not None:
             tail = self.position_ids[:, -1:] + torch.arange(1, T - T0 + 1, device=self.position_ids.device)
@@ -89,3 +89,13 @@ class MicroBatch:
         """Right-padded so T is a multiple of `multiple` (sequence parallelism splits T over TP ranks)."""
         T = self.shape[1]
         return self.pad_to(T + (-T) % multiple)
+
+
+def _pad_tokens(t: torch.Tensor, extra: int) -> torch.Tensor:
+    """[B, T, ...] -> [B, T + extra, ...] (integers padded with -1 beyond the 2-D fields, floats with 0); [B] as is."""
+    if t.dim() == 1:
+        return t
+    if t.dim() == 2:
+        return F.pad(t, (0, extra))
+    fill = 0 if t.is_floating_point() else -1
+    return torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), fill)], dim=1)

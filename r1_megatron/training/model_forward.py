@@ -11,6 +11,8 @@ MoE routing is per token, so packing changes no token's output; but the expert-b
 losses see every token, padding included, and a packed row as one "sequence" (seq_aux_loss). GPTModel's
 padding_mask would exclude padding, but megatron-core 0.16.1 breaks with it when the expert bias is on
 (TopKRouter._apply_expert_bias: routing_map [N, E] & ~padding_mask [N]), so it is not passed.
+A micro-batch with recorded routing (extras["routing"], [B, T, L, k]) is routed as the model's RoutingControl
+says (models/routing_replay.py: replayed, or only compared).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from r1_megatron.models.attention import takes_packed_seq_params
 from r1_megatron.models.packed import block_causal_mask, packed_rotary, positions_from_segments, thd_params
+from r1_megatron.models.routing_replay import replay_for
 from r1_megatron.training.micro_batch import MicroBatch
 
 
@@ -48,10 +51,17 @@ def schedule_shape(mb: MicroBatch) -> tuple[int, int]:
 
 def model_forward(model, mb: MicroBatch):
     """model(...) for `mb`: logits [B, T, V_local] on the last pipeline stage, hidden states elsewhere."""
+    from r1_megatron.training.step import unwrap  # step imports this module
+
+    with replay_for(unwrap(model), mb.extras.get("routing"), flattened=uses_thd(mb)):
+        return _forward(model, mb)
+
+
+def _forward(model, mb: MicroBatch):
     kwargs = _half_precision_kwargs(model)
     if not mb.packed:
         return model(mb.input_ids, mb.positions(), None, **kwargs)
-    from r1_megatron.training.step import unwrap  # step imports this module
+    from r1_megatron.training.step import unwrap
 
     core = unwrap(model)
     positions_BT = mb.position_ids if mb.position_ids is not None else positions_from_segments(mb.segment_ids)

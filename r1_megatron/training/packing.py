@@ -35,12 +35,12 @@ class SequenceLike(Protocol):
 
 @dataclasses.dataclass
 class TrainSequence:
-    """One sequence to train on: ``loss_mask[t]`` and every ``extras[k][t]`` belong to the label ``tokens[t + 1]``
-    (len(tokens) - 1 entries each)."""
+    """One sequence to train on: ``loss_mask[t]`` and every ``extras[k][t]`` belong to position t (input
+    ``tokens[t]``, label ``tokens[t + 1]``; len(tokens) - 1 entries each): a list of floats, or a tensor [n, ...]."""
 
     tokens: list[int]
     loss_mask: list[float]
-    extras: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    extras: dict[str, list[float] | torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         _check(self, "TrainSequence", keys=None)
@@ -93,12 +93,12 @@ def _micro_batch(rows: Sequence[Sequence[SequenceLike]], T: int, pad_id: int, ke
     tokens_P = flat_tensor((seq.tokens for seq in seqs), P + S, torch.long)
     filled_BT = torch.arange(T) < row_len_B[:, None]
     mb = MicroBatch(torch.full((B, T), pad_id, dtype=torch.long), torch.full((B, T), pad_id, dtype=torch.long),
-                    torch.zeros(B, T), extras={k: torch.zeros(B, T) for k in keys})
+                    torch.zeros(B, T))
     mb.input_ids.masked_scatter_(filled_BT, tokens_P[torch.arange(P) + seq_P])
     mb.labels.masked_scatter_(filled_BT, tokens_P[torch.arange(P) + seq_P + 1])
     mb.loss_mask.masked_scatter_(filled_BT, flat_tensor((seq.loss_mask for seq in seqs), P, torch.float32))
     for key in keys:
-        mb.extras[key].masked_scatter_(filled_BT, flat_tensor((seq.extras[key] for seq in seqs), P, torch.float32))
+        mb.extras[key] = _extra(key, seqs, filled_BT, P)
     if packed:
         # padding continues the last sequence's positions (as MicroBatch.pad_to does), so rotary tables stay in
         # range: position t - row_len + n_last past the row's end (0-based from its last sequence's start)
@@ -110,6 +110,19 @@ def _micro_batch(rows: Sequence[Sequence[SequenceLike]], T: int, pad_id: int, ke
         mb.segment_ids = torch.zeros(B, T, dtype=torch.long)
         mb.segment_ids.masked_scatter_(filled_BT, segment_S[seq_P])
     return mb
+
+
+def _extra(key: str, seqs: Sequence[SequenceLike], filled_BT: torch.Tensor, P: int) -> torch.Tensor:
+    """extras[key] of the micro-batch: [B, T] float from per-position lists; [B, T, ...] from per-position tensors
+    [n, ...] (integers widened to hold the padding value -1, e.g. routed expert ids)."""
+    first = seqs[0].extras[key] if seqs else None
+    if not torch.is_tensor(first):
+        return torch.zeros(filled_BT.shape).masked_scatter_(
+            filled_BT, flat_tensor((seq.extras[key] for seq in seqs), P, torch.float32))
+    dtype = first.dtype if first.is_floating_point() else torch.promote_types(first.dtype, torch.int16)
+    out = torch.full((*filled_BT.shape, *first.shape[1:]), 0 if first.is_floating_point() else -1, dtype=dtype)
+    out[filled_BT] = torch.cat([seq.extras[key] for seq in seqs]).to(dtype)
+    return out
 
 
 def _check_fits(lengths: Sequence[int], budget: int, what: str) -> None:

@@ -315,7 +315,13 @@ def reward_scenario(workdir: Path, layouts: str) -> dict:
     return out
 
 
-SCENARIOS = {"reward": reward_scenario, "export": export_scenario, "grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
+def replay_scenario(workdir: Path, layouts: str) -> dict:
+    from tests.parallel.routing_worker import replay_scenario as scenario
+
+    return scenario(workdir, layouts, LAYOUTS, _dp)
+
+
+SCENARIOS = {"replay": replay_scenario, "reward": reward_scenario, "export": export_scenario, "grpo": grpo_scenario, "generate": generate_scenario, "generate_pp": generate_pp_scenario, "run": run_scenario, "logits": logits_scenario, "train": train_scenario, "save": save_scenario, "resume": resume_scenario}
 
 if __name__ == "__main__":
     scenario, workdir = sys.argv[1], Path(sys.argv[2])
