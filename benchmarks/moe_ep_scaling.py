@@ -13,6 +13,7 @@ CPU/gloo figures say nothing about GPU speed: they show the harness and check th
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
+from r1_megatron import child_processes  # noqa: E402
 
 from bench_common import RESULTS_DIR, command_line, cpu_name, environment, package_version, write_payload  # noqa: E402
 from moe_comm_model import H800, allgather_layer_bytes, alltoall_layer_bytes, projection_table  # noqa: E402
@@ -153,7 +156,8 @@ def measure_rank(args, layout, dispatcher: str, tokens: int, device: str) -> dic
     recorder.active = False
     ep_group = parallel_state.get_expert_model_parallel_group()
     moved = sum(v[0] for k, v in recorder.bytes.items() if k in ("dispatch", "combine")) // max(1, args.layers)
-    bandwidth = alltoall_bandwidth(ep_group, max(1 << 20, moved), device)
+    # the message size of one layer's token all-to-all, so that the microbench sees the same latency share
+    bandwidth = alltoall_bandwidth(ep_group, max(1 << 16, moved // 2), device)
     result = {
         "rank": dist.get_rank(), "ep_group": dist.get_process_group_ranks(ep_group),
         "ep_index": parallel_state.get_expert_model_parallel_rank(), "dp": parallel.data_parallel_size(
@@ -318,7 +322,10 @@ def driver(args, argv: list[str]) -> None:
             part = Path(tmp) / f"world{world}.json"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                    __file__, *forwarded, "--part-out", str(part)]
-            proc = subprocess.Popen(cmd, start_new_session=True)
+            # its own session so that killpg ends torchrun and its ranks; the death signal ends torchrun if this
+            # driver is SIGKILLed (the ranks die with torchrun: r1_megatron.child_processes)
+            proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=functools.partial(
+                child_processes.die_with_parent, os.getpid()))
             try:
                 rc = proc.wait(timeout=args.timeout)
             finally:
