@@ -77,6 +77,7 @@ sampling|60|megatron.core|$RES/sampling_$TAG.json|$PY $B/bench_sampling.py --dev
 sft|150|megatron.core|$RES/sft_$TAG.json|$PY $B/bench_sft.py --device cuda --sizes small --rounds 1 --warmup 1 --steps 4 --no-plot --out \$OUT
 eval|180|megatron.core,lm_eval|$RES/eval_$TAG.json|$PY $B/bench_eval.py --device cuda --preset gpu-1.5b --out \$OUT
 serve|240|megatron.core,openai,fastapi,uvicorn|$RES/serve_$TAG.json|$PY $B/bench_serve.py --gpu --no-plot --out \$OUT
+moe_ep_scaling|120|megatron.core|$RES/moe_ep_scaling_$TAG.json|$PY -m torch.distributed.run --standalone --nproc-per-node 1 $B/moe_ep_scaling.py --ep 1 --shape dsv3 --experts 32 --layers 4 --tokens-per-rank 4096 --global-tokens 4096 --scaling weak --warmup 1 --repeats 3 --out \$OUT
 reward_runner|60|-|-|$PY $B/bench_reward_runner.py
 rollout_batch|60|-|-|$PY $B/bench_rollout_batch.py
 EOF

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
 import json
 import os
 import signal
@@ -92,10 +93,8 @@ def tokens_per_dp_rank(args, scaling: str, dp: int) -> int:
 
 
 def _flex_unavailable() -> str | None:
-    try:
-        import deep_ep  # noqa: F401
-    except ImportError as exc:
-        return f"deep_ep is not importable ({exc}); Megatron's flex dispatcher needs DeepEP"
+    if importlib.util.find_spec("deep_ep") is None:
+        return "deep_ep is not installed; Megatron's flex dispatcher needs DeepEP"
     return None if torch.cuda.is_available() else "the flex dispatcher (DeepEP) needs CUDA"
 
 
@@ -123,7 +122,7 @@ def measure_rank(args, layout, dispatcher: str, tokens: int, device: str) -> dic
     """This rank's measurements of one point (collective: every rank calls it with the same arguments)."""
     from megatron.core import parallel_state
 
-    from r1_megatron.runtime import ParallelConfig, initialize_parallel, seed_everything
+    from r1_megatron.runtime import ParallelConfig, initialize_parallel, seed_everything, world_max
 
     tp, ep, etp = layout
     parallel = initialize_parallel(ParallelConfig(tp=tp, ep=ep, etp=etp))
@@ -157,7 +156,8 @@ def measure_rank(args, layout, dispatcher: str, tokens: int, device: str) -> dic
     ep_group = parallel_state.get_expert_model_parallel_group()
     moved = sum(v[0] for k, v in recorder.bytes.items() if k in ("dispatch", "combine")) // max(1, args.layers)
     # the message size of one layer's token all-to-all, so that the microbench sees the same latency share
-    bandwidth = alltoall_bandwidth(ep_group, max(1 << 16, moved // 2), device)
+    # (one size on every rank: the largest, as all_to_all needs matching sizes)
+    bandwidth = alltoall_bandwidth(ep_group, max(1 << 16, world_max(moved) // 2), device)
     result = {
         "rank": dist.get_rank(), "ep_group": dist.get_process_group_ranks(ep_group),
         "ep_index": parallel_state.get_expert_model_parallel_rank(), "dp": parallel.data_parallel_size(

@@ -3,7 +3,6 @@ torchrun launch at world 4 (gloo) sweeping EP 1, 2, 4 with both dispatchers, who
 formula exactly on every rank."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
