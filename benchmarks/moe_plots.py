@@ -107,7 +107,7 @@ def projection(data: dict, path: Path) -> Path:
                    f"MFU {data['projection']['mfu']}", fontsize=9)
     left.grid(True, alpha=0.3)
     left.legend(fontsize="xx-small")
-    measured = [p for p in data["points"] if p.get("predicted_comm_s")]
+    measured = [p for p in data["points"] if p.get("predicted_comm_s") and p["scaling"] == "weak"]
     for (dispatcher, world, tp, etp), series in _series(measured).items():
         eps = [p["ep"] for p in series]
         right.plot(eps, [p["measured_comm_s"] for p in series], marker="o", label=f"{dispatcher} W{world} measured")
@@ -115,7 +115,7 @@ def projection(data: dict, path: Path) -> Path:
                    label=f"{dispatcher} W{world} model")
     right.set_xscale("log", base=2)
     right.set_xlabel("EP size")
-    right.set_ylabel("forward dispatch + combine seconds")
+    right.set_ylabel("forward dispatch + combine seconds (weak points)")
     right.set_title(f"measured here ({data['env']['backend']}, {data['env']['device']}): says nothing about GPUs",
                     fontsize=9)
     right.grid(True, alpha=0.3)
