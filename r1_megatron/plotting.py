@@ -68,7 +68,21 @@ def charts_for(records: list[dict]) -> tuple[Chart, ...]:
         Chart("accuracy", "Accuracy (rollouts; held-out evaluation)", "fraction", "accuracy", ("format_rate",) + shown),
         Chart("response_length", "Response length", "tokens", "response_length/mean", ("response_length/max",)),
         Chart("kl", "KL to reference", "KL", "loss/kl"),
-    ) + evaluation
+    ) + evaluation + _router_charts(records)
+
+
+def _router_charts(records: list[dict]) -> tuple[Chart, ...]:
+    """An MoE policy's router health (grpo/router_rl.py): agreement with the rollout's routing, expert load
+    imbalance and expert-bias drift, each drawn when it was logged (a dense policy logs none of them)."""
+    charts = (
+        Chart("router_agreement", "MoE routing: training forward vs rollout (token-expert choices equal)",
+              "fraction", "router/agreement", ("router/agreement_min",)),
+        Chart("router_load", "MoE expert load: max / mean tokens per expert", "ratio", "router/imbalance_max",
+              ("router/imbalance_mean",)),
+        Chart("router_bias", "MoE expert-bias drift per step (|Δ bias|)", "|Δ bias|", "router/bias_drift_max",
+              ("router/bias_drift_mean",)),
+    )
+    return tuple(c for c in charts if any(c.main in r for r in records))
 
 
 def series(records: list[dict], metric: str) -> tuple[list[int], list[float]]:

@@ -91,10 +91,6 @@ class RouterHealth:
         self._agreement = RoutingAgreement(len(self.routers), self.device)
         set_routing_mode(core, mode)
 
-    @property
-    def active(self) -> bool:
-        return bool(self.routers)
-
     def begin_step(self) -> None:
         self._bias_start = self._biases()
         self._load_LE.zero_()
@@ -120,7 +116,7 @@ class RouterHealth:
 
     def metrics(self, dp_group) -> dict[str, float]:
         """The step's metrics, the same on every rank (collective over the data- and pipeline-parallel groups)."""
-        if not self.active:
+        if not self.core.model_config.has_moe:  # the whole model's property: every rank returns here or none does
             return {}
         per_layer = self._agreement_metrics(dp_group) | self._bias_metrics()
         if self.mode.records:

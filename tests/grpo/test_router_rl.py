@@ -1,6 +1,7 @@
 """MoE routers in GRPO (grpo/router_rl.py): the RL router settings, the router health metrics by hand, and runs
 with replay, measure and off."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,16 @@ def test_runs_with_replay_measure_and_off(initial_model, tmp_path):  # noqa: F81
     moving = _run(tmp_path, initial_model, "bias", bias_update_rate=0.01)
     drifts = [m["router/bias_drift_max"] for m in moving]  # the net change over the step's 2 optimizer steps,
     assert max(drifts) > 0 and all(d <= 2 * 0.01 + 1e-7 for d in drifts)  # each moving the bias by ±rate
+
+
+def test_the_docs_commands_load_and_a_bad_mode_names_the_key():
+    from r1_megatron.run_config import load_run_config
+    from tests.doc_examples import train_command
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "moe_rl.md").read_text()
+    lines = [line.split("#")[0] for line in text.splitlines() if line.startswith("r1-megatron train grpo")]
+    configs = [load_run_config(*train_command(line)) for line in lines]
+    assert [c.router.replay for c in configs] == [RoutingMode.REPLAY, RoutingMode.MEASURE]
+    assert configs[1].model.dtype == "bf16"
+    with pytest.raises(ValueError, match="router.replay"):
+        load_run_config(None, ["router.replay=sometimes"])

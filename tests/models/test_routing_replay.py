@@ -163,3 +163,11 @@ def test_packed_micro_batches_carry_the_routing_at_each_tokens_position(demo_bf1
     assert seen == len(samples)
     padded = batches[0].pad_to(batches[0].shape[1] + 3)
     assert bool((padded.extras["routing"][:, -3:] == -1).all())
+
+
+def test_the_docs_example_records_and_replays():
+    from tests.doc_examples import doc_examples
+
+    ensure_parallel_state()
+    seed_everything(0)
+    exec(doc_examples("moe_rl.md")["record-and-replay"], {})

@@ -74,3 +74,18 @@ def test_missing_empty_or_unchartable_metrics_file_is_a_one_line_error(tmp_path)
     with pytest.raises(ValueError, match="has none of the charted metrics"):
         plot_run(tmp_path)
     assert not (tmp_path / "plots").exists()
+
+
+def test_an_moe_run_gets_router_health_charts(tmp_path):
+    _write_run(tmp_path, 6, lambda step: {**_full_metrics(step), "router/agreement": 1.0 - 0.01 * step,
+                                          "router/agreement_min": 0.9, "router/imbalance_max": 1.5,
+                                          "router/imbalance_mean": 1.2, "router/bias_drift_max": 0.0})
+    records = read_metrics(tmp_path)
+    names = [c.name for c in charts_for(records)]
+    assert names[-3:] == ["router_agreement", "router_load", "router_bias"]
+    written = {p.name for p in plot_run(tmp_path)}
+    assert {"router_agreement.png", "router_load.png", "router_bias.png"} <= written
+    # a run that logs only the bias drift (router.replay: off) gets only that chart; a dense run none
+    assert [c.name for c in charts_for([{"reward/total_mean": 0.0, "router/bias_drift_max": 0.0}])][-1] == \
+        "router_bias"
+    assert not any(c.name.startswith("router") for c in charts_for([{"reward/total_mean": 0.0}]))
