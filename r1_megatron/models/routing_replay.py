@@ -40,6 +40,13 @@ class RoutingMode(str, enum.Enum):
     def records(self) -> bool:
         return self is not RoutingMode.OFF
 
+    @classmethod
+    def _missing_(cls, value):
+        """YAML reads a bare `off` / `on` as false / true."""
+        if isinstance(value, bool):
+            return cls.REPLAY if value else cls.OFF
+        return None
+
 
 def moe_routers(model) -> list[DeepSeekTopKRouter]:
     """This rank's MoE routers in layer order (model: a GPTModel, or any module holding one)."""

@@ -29,8 +29,9 @@ class Completion:
     logprobs: list[float]
     finish_reason: FinishReason
     # with Engine(record_routing=True): the experts each fed token (prompt + completion[:-1]) was routed to,
-    # [P + C - 1, L, k] over this rank's MoE layers (models/routing_replay.py); None otherwise
-    routing: torch.Tensor | None = None
+    # [P + C - 1, L, k] over this rank's MoE layers (models/routing_replay.py); None otherwise. Not compared or
+    # shown: a tensor has no single truth value, and it can be large
+    routing: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def content_ids(self) -> list[int]:

@@ -106,3 +106,6 @@ def test_the_docs_commands_load_and_a_bad_mode_names_the_key():
     assert configs[1].model.dtype == "bf16"
     with pytest.raises(ValueError, match="router.replay"):
         load_run_config(None, ["router.replay=sometimes"])
+    # YAML reads a bare off / on as false / true
+    assert load_run_config(None, ["router.replay=off"]).router.replay is RoutingMode.OFF
+    assert load_run_config(None, ["router.replay=on"]).router.replay is RoutingMode.REPLAY
