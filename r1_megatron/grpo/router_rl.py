@@ -108,11 +108,11 @@ class RouterHealth:
 
     def add_rollout(self, routings: list[torch.Tensor | None]) -> None:
         """Count the experts of the rollout's recorded routing ([n, L, k] per sequence) per layer."""
-        for routing_NLK in routings:
-            if routing_NLK is None or routing_NLK.numel() == 0:
-                continue
-            experts_LM = routing_NLK.long().permute(1, 0, 2).reshape(len(self.routers), -1)
-            self._load_LE.scatter_add_(1, experts_LM, torch.ones_like(experts_LM, dtype=torch.float64))
+        recorded = [r for r in routings if r is not None and r.numel()]
+        if not recorded:
+            return
+        experts_LM = torch.cat(recorded).long().permute(1, 0, 2).reshape(len(self.routers), -1)
+        self._load_LE.scatter_add_(1, experts_LM, torch.ones_like(experts_LM, dtype=torch.float64))
 
     def metrics(self, dp_group) -> dict[str, float]:
         """The step's metrics, the same on every rank (collective over the data- and pipeline-parallel groups)."""

@@ -49,8 +49,13 @@ class RoutingMode(str, enum.Enum):
 
 
 def moe_routers(model) -> list[DeepSeekTopKRouter]:
-    """This rank's MoE routers in layer order (model: a GPTModel, or any module holding one)."""
-    return [m for m in model.modules() if isinstance(m, DeepSeekTopKRouter)]
+    """This rank's MoE routers in layer order (model: a GPTModel, or any module holding one); found once per model
+    (a built model's modules do not change), since every training forward asks."""
+    found = model.__dict__.get("_moe_routers")
+    if found is None:
+        found = [m for m in model.modules() if isinstance(m, DeepSeekTopKRouter)]
+        model.__dict__["_moe_routers"] = found
+    return found
 
 
 def storage_dtype(num_experts: int) -> torch.dtype:
