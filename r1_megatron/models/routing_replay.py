@@ -27,6 +27,7 @@ import dataclasses
 import enum
 
 import torch
+from megatron.core import parallel_state
 
 from r1_megatron.models.router import DeepSeekTopKRouter
 
@@ -179,10 +180,8 @@ def replay_for(model, routing_BTLK: torch.Tensor | None, *, flattened: bool):
         raise NotImplementedError("routing replay with context parallelism")
     if config.recompute_granularity is not None:  # the recomputed forward would run outside the session
         raise NotImplementedError("routing replay with activation recomputation")
-    from megatron.core import parallel_state
-
     sp_rank = parallel_state.get_tensor_model_parallel_rank() if config.sequence_parallel else None
-    recorded_LNK = router_order(routing_BTLK.to(torch.int64), flattened=flattened, sequence_parallel_rank=sp_rank,
+    recorded_LNK = router_order(routing_BTLK, flattened=flattened, sequence_parallel_rank=sp_rank,
                                 tp_size=config.tensor_model_parallel_size)
     layers = len(moe_routers(model))
     if recorded_LNK.shape[0] != layers:

@@ -10,7 +10,6 @@ from .detokenizer import IncrementalDetokenizer
 from .stop_strings import StopStringMatcher
 
 
-
 @dataclasses.dataclass
 class TextDelta:
     """What one engine delta adds to a choice: text safe to send, the tokens consumed (up to the one that

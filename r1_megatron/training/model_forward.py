@@ -53,17 +53,15 @@ def model_forward(model, mb: MicroBatch):
     """model(...) for `mb`: logits [B, T, V_local] on the last pipeline stage, hidden states elsewhere."""
     from r1_megatron.training.step import unwrap  # step imports this module
 
-    with replay_for(unwrap(model), mb.extras.get("routing"), flattened=uses_thd(mb)):
-        return _forward(model, mb)
+    core = unwrap(model)
+    with replay_for(core, mb.extras.get("routing"), flattened=uses_thd(mb)):
+        return _forward(model, core, mb)
 
 
-def _forward(model, mb: MicroBatch):
+def _forward(model, core, mb: MicroBatch):
     kwargs = _half_precision_kwargs(model)
     if not mb.packed:
         return model(mb.input_ids, mb.positions(), None, **kwargs)
-    from r1_megatron.training.step import unwrap
-
-    core = unwrap(model)
     positions_BT = mb.position_ids if mb.position_ids is not None else positions_from_segments(mb.segment_ids)
     _check_packed(core.config, mb, positions_BT, thd=uses_thd(mb))
     if uses_thd(mb):

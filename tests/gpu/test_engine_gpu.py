@@ -40,11 +40,15 @@ def test_cuda_graph_decode_equals_eager_decode(model):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
 
 
-def test_recorded_routing_with_graph_decode_equals_eager(model):
+@pytest.fixture(scope="module")
+def moe_model(tmp_path_factory):
+    return load_pair("deepseek_v3", tmp_path_factory.mktemp("hf_moe"))[1].cuda()
+
+
+def test_recorded_routing_with_graph_decode_equals_eager(moe_model):
     """Routing replay's record (models/routing_replay.py) through the decode graphs, when an MoE model captures
     them: the recorder's buffer copy is part of the graph, so every replayed step writes its experts too."""
-    if model.model_config.moe is None:
-        pytest.skip("no MoE layers to record")
+    model = moe_model
     params = SamplingParams(n=2, temperature=0.8, max_new_tokens=NEW, seed=7)
     eager = Engine(model, max_batch_size=8, max_seq_len=32, graphs=GraphConfig(enabled=False),
                    record_routing=True).generate(PROMPTS, params)

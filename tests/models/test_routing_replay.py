@@ -7,10 +7,10 @@ from r1_megatron.grpo.logprob_pass import forward_logprobs
 from r1_megatron.grpo.rollout_batch import RolloutSample, micro_batches, packed_micro_batches
 from r1_megatron.kernels.options import LossAgg
 from r1_megatron.models import build_model, preset
-from r1_megatron.models.routing_replay import (RoutingAgreement, RoutingMode, RoutingReplay, moe_routers,
-                                               router_order, routing_control)
+from r1_megatron.models.routing_replay import RoutingAgreement, RoutingMode, RoutingReplay, router_order, routing_control
 from r1_megatron.rollout import CacheConfig, Engine, SamplingParams
 from r1_megatron.runtime import ensure_parallel_state, seed_everything
+from tests.models.routing_capture import expert_sets, replayed_counts, routed_experts
 
 
 # ------------------------------------------------------------------------------------------- by hand
@@ -69,23 +69,6 @@ def _prompts(count: int, seed: int = 1) -> list[list[int]]:
             for _ in range(count)]
 
 
-def _routed_experts(model, run):
-    """run() under forward hooks that capture each router's routing_map [N, E]: the experts really used."""
-    maps = []
-    hooks = [r.register_forward_hook(lambda mod, inp, out: maps.append(out[1].detach().clone()))
-             for r in moe_routers(model)]
-    try:
-        result = run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return result, maps
-
-
-def _expert_sets(routing_NK: torch.Tensor) -> list[set[int]]:
-    return [set(row) for row in routing_NK.long().tolist()]
-
-
 def test_recorded_experts_equal_a_full_forwards_chunked_forked_and_preempted(demo_bf16):
     """fp32 (no rounding difference): the recording of every fed token equals what a plain full forward of
     prompt + completion[:-1] routes it to, through 3-token prefill chunks, forked samples and preemption."""
@@ -99,9 +82,8 @@ def test_recorded_experts_equal_a_full_forwards_chunked_forked_and_preempted(dem
     for c in completions:
         ids = prompts[c.prompt_index] + c.token_ids[:-1]
         assert c.routing.shape == (len(ids), 1, 2)
-        _, maps = _routed_experts(model, lambda: model(torch.tensor([ids]), torch.arange(len(ids))[None], None))
-        full = [set(torch.nonzero(row).flatten().tolist()) for row in maps[0]]
-        assert _expert_sets(c.routing[:, 0]) == full
+        _, maps = routed_experts(model, lambda: model(torch.tensor([ids]), torch.arange(len(ids))[None], None))
+        assert [set(row) for row in c.routing[:, 0].long().tolist()] == expert_sets(maps[0])
 
 
 def _rollout(model, prompts, new_tokens=48):
@@ -119,22 +101,18 @@ def test_replay_makes_the_bf16_training_forward_route_as_the_rollout_and_lowers_
     for mode in (RoutingMode.MEASURE, RoutingMode.REPLAY):
         control = routing_control(demo_bf16)
         control.mode, control.agreement = mode, RoutingAgreement(1, torch.device("cpu"))
-        logps, maps = _routed_experts(demo_bf16, lambda: forward_logprobs(demo_bf16, batches, 1.0))
+        logps, maps = routed_experts(demo_bf16, lambda: forward_logprobs(demo_bf16, batches, 1.0))
         agreement = control.agreement
         control.mode, control.agreement = RoutingMode.OFF, None
         diff = torch.cat([(lp - mb.extras["old_logprobs"])[mb.loss_mask.bool()].abs()
                           for lp, mb in zip(logps, batches)])
         results[mode] = (diff, agreement)
-        # the experts the forward really used, per token, against the recording ([T, B] order per micro-batch)
-        used = [set(torch.nonzero(row).flatten().tolist()) for m in maps for row in m]
-        recorded = torch.cat([router_order(mb.extras["routing"], flattened=False, sequence_parallel_rank=None,
-                                           tp_size=1)[0] for mb in batches])
-        known = [i for i, row in enumerate(recorded.tolist()) if row[0] >= 0]
-        same = sum(used[i] == set(recorded[i].tolist()) for i in known)
+        # the experts the forward really used, per token, against the recording
+        known, same = replayed_counts(demo_bf16, batches, maps)
         if mode is RoutingMode.REPLAY:
-            assert same == len(known)  # every recorded token routed exactly as in the rollout
+            assert same == known  # every recorded token routed exactly as in the rollout
         else:
-            assert same < len(known)  # bf16: the free training forward picks other experts for some tokens
+            assert same < known  # bf16: the free training forward picks other experts for some tokens
     (free, agree_free), (replayed, agree_replay) = results[RoutingMode.MEASURE], results[RoutingMode.REPLAY]
     # the counts are of the router's own choice, before replay: the same in both modes
     assert agree_free.fractions() == agree_replay.fractions() and agree_free.fractions()[0] < 1.0

@@ -13,19 +13,7 @@ from r1_megatron.models.routing_replay import RoutingAgreement, RoutingMode, moe
 from r1_megatron.parallel import initialize
 from r1_megatron.rollout import Engine, SamplingParams
 from r1_megatron.runtime import seed_everything
-
-
-def _used_experts(model, run) -> list[torch.Tensor]:
-    """run() under forward hooks keeping each router's routing_map [N, E] (the experts really used)."""
-    maps = []
-    hooks = [r.register_forward_hook(lambda mod, inp, out: maps.append(out[1].detach().clone()))
-             for r in moe_routers(model)]
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return maps
+from tests.models.routing_capture import replayed_counts, routed_experts
 
 
 def replay_scenario(workdir: Path, layouts: str, layout_kwargs: dict, dp) -> dict:
@@ -47,29 +35,10 @@ def replay_scenario(workdir: Path, layouts: str, layout_kwargs: dict, dp) -> dic
         batches = micro_batches(samples, 4, 32, pad_id=0, mask_truncated=False)
         control = routing_control(model)
         control.mode, control.agreement = RoutingMode.REPLAY, RoutingAgreement(len(moe_routers(model)), "cpu")
-        maps = _used_experts(model, lambda: forward_logprobs(model, batches, 1.0))
-        out[layout] = {"layers": len(moe_routers(model)), "router_calls": len(maps),
-                       **_compare(model, batches, maps), "agreement": control.agreement.fractions()}
+        _, maps = routed_experts(model, lambda: forward_logprobs(model, batches, 1.0))
+        known, same = replayed_counts(model, batches, maps)
+        out[layout] = {"layers": len(moe_routers(model)), "router_calls": len(maps), "known": known, "same": same,
+                       "agreement": control.agreement.fractions()}
         control.mode, control.agreement = RoutingMode.OFF, None
     return out
 
-
-def _compare(model, batches, maps) -> dict:
-    """Counts over (micro-batch, layer) router calls in schedule order: recorded tokens, and those routed to
-    exactly their recorded set."""
-    from r1_megatron.models.routing_replay import router_order
-    from megatron.core import parallel_state
-
-    sp = model.config.sequence_parallel
-    rank = parallel_state.get_tensor_model_parallel_rank() if sp else None
-    layers, known, same = len(moe_routers(model)), 0, 0
-    for i, mb in enumerate(batches):
-        recorded_LNK = router_order(mb.extras["routing"].long(), flattened=False, sequence_parallel_rank=rank,
-                                    tp_size=model.config.tensor_model_parallel_size)
-        for slot in range(layers):
-            used_NE = maps[i * layers + slot]
-            for row, experts in zip(used_NE, recorded_LNK[slot].tolist()):
-                if experts[0] >= 0:
-                    known += 1
-                    same += set(torch.nonzero(row).flatten().tolist()) == set(experts)
-    return {"known": known, "same": same}
